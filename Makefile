@@ -1,0 +1,31 @@
+# Set-up, tests and the demo. Every target creates .venv on first use and installs the package (editable, with
+# its dev extras) under constraints.txt, which pins the CPU build of torch that these machines carry.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: install test demo bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[dev]"
+	$(PY) -m fwm_rl.build_ext
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+demo: $(STAMP)
+	$(PY) -m fwm_rl demo
+
+bench: $(STAMP)
+	$(PY) benchmarks/bench_cores.py
+	$(PY) benchmarks/bench_envs.py
+	$(PY) benchmarks/bench_agents.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -1,0 +1,1 @@
+"""fwm_rl.train"""

@@ -1,0 +1,67 @@
+"""Files of a run: atomic writes (nothing is half-written if the process dies) and an append-only metrics log."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Union
+
+PathLike = Union[str, os.PathLike]
+
+
+def atomic_write(path: PathLike, write: Callable[[Path], None]) -> Path:
+    """Call ``write(tmp_path)`` on a temporary file beside ``path``, then rename it over ``path`` in one step."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def write_json(path: PathLike, data: Any) -> Path:
+    """Write ``data`` as indented JSON, atomically."""
+    return atomic_write(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n"))
+
+
+class MetricsLog:
+    """Rows of metrics in ``metrics.csv`` (one column per key, ``step`` first) and ``metrics.jsonl``.
+
+    Rows may carry different keys; the CSV is rewritten atomically with the union of the columns on every append,
+    so it is always complete and readable by ``fwm-rl plot``. Re-opening a run continues its log.
+    """
+
+    def __init__(self, run_dir: PathLike) -> None:
+        self.csv_path = Path(run_dir) / "metrics.csv"
+        self.jsonl_path = Path(run_dir) / "metrics.jsonl"
+        self.rows: list[dict[str, Any]] = []
+        if self.jsonl_path.exists():
+            self.rows = [json.loads(line) for line in self.jsonl_path.read_text().splitlines() if line.strip()]
+
+    def append(self, step: int, **metrics: Any) -> None:
+        row = {"step": int(step), **metrics}
+        self.rows.append(row)
+        self.jsonl_path.parent.mkdir(parents=True, exist_ok=True)
+        with self.jsonl_path.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        atomic_write(self.csv_path, self._write_csv)
+
+    def truncate(self, max_step: int) -> None:
+        """Drop rows after ``max_step`` (used when a run resumes from an earlier checkpoint)."""
+        self.rows = [row for row in self.rows if row["step"] <= max_step]
+        atomic_write(self.jsonl_path, lambda tmp: tmp.write_text("".join(json.dumps(r) + "\n" for r in self.rows)))
+        atomic_write(self.csv_path, self._write_csv)
+
+    def _write_csv(self, tmp: Path) -> None:
+        columns = ["step"] + sorted({key for row in self.rows for key in row} - {"step"})
+        with tmp.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=columns)
+            writer.writeheader()
+            writer.writerows(self.rows)

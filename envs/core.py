@@ -1,0 +1,166 @@
+"""Batched numpy dynamics shared by every single env (B = 1) and its vector twin (B = n_envs).
+
+:class:`BatchedCore` keeps the bookkeeping both tasks share: lifetime clock, goal counts, goal-visit segments and
+their exploit ratios, layout choice (random or sequential over a fixed set), previous action and reward, and the
+``info`` dictionaries. A task subclass supplies the layouts, the moves and the observation. Since the single env
+and the vector env run this same code, they cannot drift apart.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from fwm_rl.envs.streams import RowStreams, draw_index
+
+LAYOUT_ORDERS = ("random", "sequential")
+
+
+def check_choice(name: str, value: Any, allowed: tuple) -> None:
+    """Raise ``ValueError`` naming the allowed values unless ``value`` is one of them."""
+    if value not in allowed:
+        raise ValueError(f"unknown {name} {value!r}; allowed: {', '.join(map(repr, allowed))}")
+
+
+def check_int(name: str, value: Any, low: int) -> int:
+    """Return ``value`` as an int, or raise ``ValueError`` unless it is an integer >= ``low``."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+    return int(value)
+
+
+class BatchedCore:
+    """B independent lifetimes stepped together. Subclasses set ``n_actions``, ``obs_low``, ``obs_high``,
+    ``layout_ids`` (one str per row) and implement the hooks below.
+
+    :param n_rows: batch size B.
+    :param episode_steps: lifetime length T; a row is truncated after its T-th step.
+    :param n_layouts: size of the fixed layout set, or None for procedural layouts.
+    :param layout_order: "random" (uniform over the set) or "sequential" (row i gets i, i+B, i+2B, ... mod N).
+    """
+
+    n_actions: int
+    obs_low: np.ndarray
+    obs_high: np.ndarray
+
+    def __init__(self, n_rows: int, episode_steps: int, n_layouts: int | None, layout_order: str) -> None:
+        check_choice("layout_order", layout_order, LAYOUT_ORDERS)
+        self.n_rows = n_rows
+        self.episode_steps = check_int("episode_steps", episode_steps, 1)
+        self.n_layouts = n_layouts
+        self.layout_order = layout_order
+        self.streams = RowStreams(n_rows)
+        self.layout_ids = [""] * n_rows
+        self.lifetimes_begun = np.zeros(n_rows, dtype=np.int64)  # [B] for the sequential order
+        self.t = np.zeros(n_rows, dtype=np.int64)  # [B] steps taken this lifetime
+        self.goals_reached = np.zeros(n_rows, dtype=np.int64)
+        self.steps_since_goal = np.zeros(n_rows, dtype=np.int64)  # steps in the current goal visit
+        self.visit_shortest = np.ones(n_rows, dtype=np.int64)  # shortest path when the visit began
+        self.prev_action = np.zeros(n_rows, dtype=np.int64)  # n_actions means "none"
+        self.prev_reward = np.zeros(n_rows, dtype=np.float32)
+        self.hit = np.zeros(n_rows, dtype=bool)  # [B] last step reached a goal
+        self.exploit = np.zeros(n_rows)  # [B] exploit ratio of the visit that ended on the last step
+
+    # ----------------------------------------------------------------------------------------------- task hooks
+    def _start_lifetime(self, rows: np.ndarray, layout_index: np.ndarray | None) -> None:
+        """Load (or generate, when ``layout_index`` is None) each row's layout and place goal and agent."""
+        raise NotImplementedError
+
+    def _move(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Apply actions [B] -> (rewards [B] float32, goal hit [B] bool, new goal visit begins [B] bool)."""
+        raise NotImplementedError
+
+    def shortest_path(self) -> np.ndarray:
+        """[B] int: length of a shortest path from each row's position to its goal."""
+        raise NotImplementedError
+
+    def observe(self) -> np.ndarray:
+        """[B, D] float32 observations."""
+        raise NotImplementedError
+
+    def oracle_actions(self) -> np.ndarray:
+        """[B] actions of a full-knowledge agent walking a shortest path to the goal."""
+        raise NotImplementedError
+
+    def positions(self) -> np.ndarray:
+        """[B] or [B, 2] int positions of all rows (privileged: for probes, never observed)."""
+        raise NotImplementedError
+
+    def agent_pos(self, row: int) -> int | tuple[int, int]:
+        """Position of one row: an int node or a (row, col) tuple."""
+        pos = self.positions()[row].tolist()
+        return tuple(pos) if isinstance(pos, list) else pos
+
+    # ------------------------------------------------------------------------------------------------- dynamics
+    def seed_row(self, row: int, rng: np.random.Generator, restart_order: bool) -> None:
+        """Row ``row`` draws from ``rng``; ``restart_order`` restarts its sequential layout order."""
+        self.streams.set_rng(row, rng)
+        if restart_order:
+            self.lifetimes_begun[row] = 0
+
+    def reset_rows(self, rows: np.ndarray) -> None:
+        """Begin a new lifetime in each of ``rows``."""
+        index = None
+        if self.n_layouts is not None:
+            if self.layout_order == "sequential":
+                index = (rows + self.lifetimes_begun[rows] * self.n_rows) % self.n_layouts
+            else:
+                index = draw_index(self.streams.uniform(rows)[:, 0], self.n_layouts)
+        self.lifetimes_begun[rows] += 1
+        self._start_lifetime(rows, index)
+        self.t[rows] = 0
+        self.goals_reached[rows] = 0
+        self.steps_since_goal[rows] = 0
+        self.visit_shortest[rows] = self.shortest_path()[rows]
+        self.prev_action[rows] = self.n_actions
+        self.prev_reward[rows] = 0.0
+        self.hit[rows] = False
+
+    def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Step every row with actions [B] int64 (the core keeps the array) -> (fresh rewards [B] float32,
+        truncated [B] bool). Truncated rows are not reset here."""
+        self.prev_action = actions
+        rewards, hit, restart = self._move(actions)
+        self.t += 1
+        self.steps_since_goal += 1
+        self.hit = hit
+        if hit.any():
+            self.exploit = self.steps_since_goal / self.visit_shortest
+            self.goals_reached += hit
+        if restart.any():
+            self.steps_since_goal[restart] = 0
+            self.visit_shortest[restart] = self.shortest_path()[restart]
+        self.prev_reward = rewards
+        return rewards.copy(), self.t >= self.episode_steps
+
+    # ----------------------------------------------------------------------------------------------------- info
+    def row_infos(self) -> list[dict[str, Any]]:
+        """One fresh info dict per row (keys of the contract; "exploit_ratio" and "goal_visit" only on a goal)."""
+        pos = self.positions().tolist()
+        shortest = self.shortest_path().tolist()
+        goals = self.goals_reached.tolist()
+        since = self.steps_since_goal.tolist()
+        infos = [{"layout_id": layout, "goals_reached": g, "shortest_path": sp, "steps_since_goal": s,
+                  "agent_pos": tuple(p) if isinstance(p, list) else p}
+                 for layout, g, sp, s, p in zip(self.layout_ids, goals, shortest, since, pos)]
+        for row in np.flatnonzero(self.hit).tolist():
+            infos[row]["exploit_ratio"] = float(self.exploit[row])
+            infos[row]["goal_visit"] = goals[row]
+        return infos
+
+    def batch_info(self) -> dict[str, np.ndarray]:
+        """Gymnasium vector-env info: ``{key: [B] array, "_key": [B] bool mask}`` for every key of :meth:`row_info`."""
+        everywhere = np.ones(self.n_rows, dtype=bool)
+        info = {
+            "layout_id": np.array(self.layout_ids, dtype=object),
+            "goals_reached": self.goals_reached.copy(),
+            "shortest_path": self.shortest_path(),
+            "steps_since_goal": self.steps_since_goal.copy(),
+            "agent_pos": self.positions().copy(),
+            "exploit_ratio": np.where(self.hit, self.exploit, 0.0),
+            "goal_visit": np.where(self.hit, self.goals_reached, 0),
+        }
+        masks = {f"_{key}": everywhere.copy() for key in info}
+        masks["_exploit_ratio"] = self.hit.copy()
+        masks["_goal_visit"] = self.hit.copy()
+        return info | masks

@@ -1,0 +1,218 @@
+"""``FWM/GridMaze-v0``: procedural grid mazes with a hidden goal, fixed for the lifetime.
+
+Each lifetime has one layout (a procedural maze of the chosen split, or one of the given layouts) and one hidden
+goal tile. The agent moves up/right/down/left (actions 0-3; a move into a wall leaves it in place). Reaching the goal
+gives +1 and teleports the agent to a uniformly random floor tile other than the goal, so after the first visit a
+memory of the layout and the goal pays off on every later visit. Lifetimes are truncated after ``episode_steps``.
+
+Observation (float32, one layout per mode whatever the maze size):
+
+* ``obs="view"``: the (2 r + 1)^2 tiles around the agent, 1 for wall (off-grid counts as wall), row-major;
+* ``obs="position"``: the agent's (row, col) divided by (H - 1, W - 1) of its grid, in [0, 1];
+* ``obs="both"``: view then position;
+
+then always the previous action one-hot with a final "none" slot [5], the previous reward and steps / episode_steps.
+
+Splits: "train" draws a fresh maze per lifetime, redrawn until its id is a train id (see
+:mod:`fwm_rl.envs.layouts`); "val", "test" and the OOD splits ("test_large": size 11; "test_loopy": loops 0.5)
+are frozen sets (:func:`fwm_rl.envs.mazes.split_layouts`). ``layout=`` / ``layouts=`` replace the split by your
+own layouts (text, path, folder or list); a ``G`` fixes the goal and an ``S`` the start of every lifetime.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from fwm_rl.envs.core import BatchedCore, check_choice, check_int
+from fwm_rl.envs.env import CoreEnv, CoreVectorEnv
+from fwm_rl.envs.layouts import Layout, SPLIT_BUCKETS, load_layouts
+from fwm_rl.envs.mazes import OOD_SPLITS, generate_split, split_layouts
+from fwm_rl.envs.streams import draw_index
+
+OBS_MODES = ("view", "position", "both")
+GRID_SPLITS = tuple(SPLIT_BUCKETS) + tuple(OOD_SPLITS)
+DEFAULT_SIZE = 7
+GOAL_REWARD = 1.0
+_FAR = np.iinfo(np.int32).max  # distance of walls and unreachable tiles
+
+
+def default_episode_steps(height: int, width: int) -> int:
+    """10 size^2 for a maze of size x size cells ((2 size + 1)^2 tiles)."""
+    size = max(1, (max(height, width) - 1) // 2)
+    return 10 * size * size
+
+
+class GridMazeCore(BatchedCore):
+    """Batched GridMaze dynamics. Tiles are flat indices into each row's grid padded by ``view_radius`` walls:
+    ``walls`` [B, N] bool, ``dist`` [B, N] steps to the goal, ``pos`` and ``goal`` [B]."""
+
+    n_actions = 4
+
+    def __init__(self, n_rows: int, size: int | None = None, loops: float | None = None, obs: str = "view",
+                 split: str = "train", layout: str | None = None, layouts: str | list | None = None,
+                 episode_steps: int | None = None, view_radius: int = 1, layout_order: str = "random") -> None:
+        check_choice("obs", obs, OBS_MODES)
+        check_choice("split", split, GRID_SPLITS)
+        self.view_radius = check_int("view_radius", view_radius, 1)
+        if layout is not None and layouts is not None:
+            raise ValueError("pass layout= (one layout) or layouts= (several), not both")
+        if split in OOD_SPLITS:
+            for name, value in (("size", size), ("loops", loops)):
+                if value is not None and value != OOD_SPLITS[split][name]:
+                    raise ValueError(f"split {split!r} fixes {name}={OOD_SPLITS[split][name]}; got {name}={value}")
+            size, loops = OOD_SPLITS[split]["size"], OOD_SPLITS[split]["loops"]
+        self.size = check_int("size", DEFAULT_SIZE if size is None else size, 2)
+        self.loops = 0.0 if loops is None else float(loops)
+        if not 0.0 <= self.loops <= 1.0:
+            raise ValueError(f"loops must lie in [0, 1], got {loops!r}")
+        self.obs_mode, self.split = obs, split
+        custom = layout if layout is not None else layouts
+        self.bank: tuple[Layout, ...] | None
+        if custom is not None:
+            self.bank = tuple(load_layouts(custom))
+        elif split == "train":
+            self.bank = None
+        else:
+            self.bank = split_layouts(split, self.size, self.loops)
+        shapes = [(2 * self.size + 1,) * 2] if self.bank is None else [lay.walls.shape for lay in self.bank]
+        self.height, self.width = max(s[0] for s in shapes), max(s[1] for s in shapes)
+        if episode_steps is None:
+            episode_steps = default_episode_steps(self.height, self.width)
+        super().__init__(n_rows, episode_steps, None if self.bank is None else len(self.bank), layout_order)
+
+        p = self.view_radius
+        self.padded_width = self.width + 2 * p
+        n_tiles = (self.height + 2 * p) * self.padded_width
+        if self.bank is not None:
+            self.bank_walls = self._pad(np.stack([self._fit(lay.walls) for lay in self.bank]))
+            self.bank_goal = np.array([self._flat(lay.goal) for lay in self.bank])
+            self.bank_start = np.array([self._flat(lay.start) for lay in self.bank])
+            self.bank_ids = [lay.id for lay in self.bank]
+            self.bank_dims = np.array([lay.walls.shape for lay in self.bank])
+        self.walls = np.ones((n_rows, n_tiles), dtype=bool)
+        self.dist = np.zeros((n_rows, n_tiles), dtype=np.int32)
+        self.floor_list = np.zeros((n_rows, n_tiles), dtype=np.int64)  # floor tiles first, ascending
+        self.floor_rank = np.zeros((n_rows, n_tiles), dtype=np.int64)  # index of a floor tile in floor_list
+        self.n_floor = np.full(n_rows, 2, dtype=np.int64)
+        self.dims = np.tile([self.height, self.width], (n_rows, 1))  # [B, 2] unpadded grid shape per row
+        self.goal = np.zeros(n_rows, dtype=np.int64)
+        self.pos = np.zeros(n_rows, dtype=np.int64)
+        self._ar = np.arange(n_rows)
+        w = self.padded_width
+        self._moves = np.array([-w, 1, w, -1])  # up, right, down, left
+        dy, dx = np.mgrid[-p:p + 1, -p:p + 1]
+        self._view = (dy * w + dx).ravel()  # [V] offsets of the view window
+        size = {"view": self._view.size, "position": 2, "both": self._view.size + 2}[obs] + self.n_actions + 3
+        self.obs_low = np.zeros(size, dtype=np.float32)
+        self.obs_high = np.ones(size, dtype=np.float32)
+        self._eye_action = np.eye(self.n_actions + 1, dtype=np.float32)
+
+    # ------------------------------------------------------------------------------------------------ geometry
+    def _fit(self, walls: np.ndarray) -> np.ndarray:
+        """walls [h, w] -> [H, W] with walls filling the bottom/right remainder."""
+        out = np.ones((self.height, self.width), dtype=bool)
+        out[:walls.shape[0], :walls.shape[1]] = walls
+        return out
+
+    def _pad(self, walls: np.ndarray) -> np.ndarray:
+        """walls [R, H, W] -> [R, N] flat with a border of view_radius walls."""
+        p = self.view_radius
+        return np.pad(walls, ((0, 0), (p, p), (p, p)), constant_values=True).reshape(len(walls), -1)
+
+    def _flat(self, tile: tuple[int, int] | None) -> int:
+        return -1 if tile is None else (tile[0] + self.view_radius) * self.padded_width + tile[1] + self.view_radius
+
+    def positions(self) -> np.ndarray:
+        rc = np.stack(np.divmod(self.pos, self.padded_width), axis=1)
+        return rc - self.view_radius
+
+    # ------------------------------------------------------------------------------------------------ dynamics
+    def _start_lifetime(self, rows: np.ndarray, layout_index: np.ndarray | None) -> None:
+        if layout_index is None:
+            mazes = generate_split(self.streams.uniform, rows, self.size, self.loops, "train")
+            self.walls[rows] = self._pad(np.stack([m.walls for m in mazes]))
+            fixed_goal = fixed_start = np.full(len(rows), -1)
+            ids = [m.id for m in mazes]
+        else:
+            self.walls[rows] = self.bank_walls[layout_index]
+            fixed_goal, fixed_start = self.bank_goal[layout_index], self.bank_start[layout_index]
+            ids = [self.bank_ids[i] for i in layout_index]
+            self.dims[rows] = self.bank_dims[layout_index]
+        for row, layout in zip(rows, ids):
+            self.layout_ids[row] = layout
+        floor = ~self.walls[rows]
+        self.n_floor[rows] = floor.sum(1)
+        self.floor_rank[rows] = np.cumsum(floor, axis=1) - 1
+        self.floor_list[rows] = np.argsort(~floor, axis=1, kind="stable")
+        u = self.streams.uniform(rows, 2)
+        goal = self.floor_list[rows, draw_index(u[:, 0], self.n_floor[rows])]
+        self.goal[rows] = np.where(fixed_goal >= 0, fixed_goal, goal)
+        self._place_off_goal(rows, u[:, 1])
+        self.pos[rows] = np.where(fixed_start >= 0, fixed_start, self.pos[rows])
+        self.dist[rows] = self._distances(self.walls[rows], self.goal[rows])
+
+    def _place_off_goal(self, rows: np.ndarray, u: np.ndarray) -> None:
+        """Put the agent of each row on a uniform floor tile other than the goal."""
+        k = draw_index(u, self.n_floor[rows] - 1)
+        k += k >= self.floor_rank[rows, self.goal[rows]]
+        self.pos[rows] = self.floor_list[rows, k]
+
+    def _distances(self, walls: np.ndarray, goal: np.ndarray) -> np.ndarray:
+        """Breadth-first steps to ``goal`` [R] over walls [R, N] -> [R, N] int32 (``_FAR`` where unreachable)."""
+        w = self.padded_width
+        dist = np.full(walls.shape, _FAR, dtype=np.int32)
+        frontier = np.zeros(walls.shape, dtype=bool)
+        frontier[np.arange(len(goal)), goal] = True
+        d = 0
+        while frontier.any():
+            dist[frontier] = d
+            grown = np.zeros_like(frontier)
+            grown[:, 1:] |= frontier[:, :-1]
+            grown[:, :-1] |= frontier[:, 1:]
+            grown[:, w:] |= frontier[:, :-w]
+            grown[:, :-w] |= frontier[:, w:]
+            frontier = grown & ~walls & (dist == _FAR)
+            d += 1
+        return dist
+
+    def _move(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        target = self.pos + self._moves[actions]
+        self.pos = np.where(self.walls[self._ar, target], self.pos, target)
+        hit = self.pos == self.goal
+        if hit.any():
+            rows = np.flatnonzero(hit)
+            self._place_off_goal(rows, self.streams.uniform(rows)[:, 0])
+        return hit.astype(np.float32), hit, hit
+
+    def shortest_path(self) -> np.ndarray:
+        return self.dist[self._ar, self.pos].astype(np.int64)
+
+    def observe(self) -> np.ndarray:
+        parts = []
+        if self.obs_mode != "position":
+            parts.append(self.walls[self._ar[:, None], self.pos[:, None] + self._view])
+        if self.obs_mode != "view":
+            parts.append(self.positions() / (self.dims - 1))
+        parts += [self._eye_action[self.prev_action], self.prev_reward[:, None],
+                  (self.t * np.float32(1 / self.episode_steps))[:, None]]
+        return np.concatenate(parts, axis=1, dtype=np.float32)
+
+    def oracle_actions(self) -> np.ndarray:
+        return np.argmin(self.dist[self._ar[:, None], self.pos[:, None] + self._moves], axis=1)
+
+
+class GridMazeEnv(CoreEnv):
+    """``FWM/GridMaze-v0`` (single env). Kwargs: size, loops, obs, split, layout, layouts, episode_steps,
+    view_radius, layout_order."""
+
+    core_class = GridMazeCore
+
+    def draw(self, mode: str) -> str | np.ndarray:
+        from fwm_rl.envs.render import grid_ansi, grid_frame
+
+        return grid_ansi(self.core, 0, self.trail) if mode == "ansi" else grid_frame(self.core, 0, self.trail)
+
+
+class GridMazeVectorEnv(CoreVectorEnv):
+    """Native batched ``FWM/GridMaze-v0``: ``num_envs`` mazes stepped by one numpy call."""
+
+    core_class = GridMazeCore

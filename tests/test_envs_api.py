@@ -1,0 +1,165 @@
+"""Gymnasium/SB3 hygiene shared by both envs: registration, checkers, batched == single, SB3 VecEnv, scoring."""
+import gymnasium as gym
+import numpy as np
+import pytest
+from gymnasium.utils.env_checker import check_env as gym_check_env
+from stable_baselines3.common.env_checker import check_env as sb3_check_env
+from stable_baselines3.common.evaluation import evaluate_policy
+
+import fwm_rl.envs
+from fwm_rl.envs import EpisodeRecorder, make_vec_env
+from fwm_rl.envs.render import ACTION_COLOURS, AGENT, GOAL
+
+IDS = ["FWM/GraphNav-v0", "FWM/GridMaze-v0"]
+SMALL = {"FWM/GraphNav-v0": {}, "FWM/GridMaze-v0": {"size": 4, "episode_steps": 25, "obs": "both"}}
+
+
+@pytest.mark.parametrize("env_id", IDS)
+def test_ids_register_on_import_and_through_the_module_prefix(env_id):
+    env = gym.make("fwm_rl.envs:" + env_id)
+    assert isinstance(env.observation_space, gym.spaces.Box) and env.observation_space.dtype == np.float32
+    assert isinstance(env.action_space, gym.spaces.Discrete)
+    assert gym.spec(env_id).vector_entry_point is not None
+
+
+@pytest.mark.parametrize("env_id", IDS)
+def test_gymnasium_and_sb3_env_checkers_pass_headless(env_id):
+    gym_check_env(gym.make(env_id, **SMALL[env_id]).unwrapped)
+    sb3_check_env(gym.make(env_id, **SMALL[env_id]).unwrapped, warn=True)
+
+
+@pytest.mark.parametrize("env_id", IDS)
+def test_batched_and_single_envs_give_identical_trajectories_across_autoresets(env_id):
+    n, steps = 4, 60
+    kwargs = SMALL[env_id]
+    venv = gym.make_vec(env_id, num_envs=n, vectorization_mode="vector_entry_point", **kwargs)
+    assert venv.metadata["autoreset_mode"] == gym.vector.AutoresetMode.SAME_STEP
+    envs = [gym.make(env_id, **kwargs) for _ in range(n)]
+    obs, info = venv.reset(seed=7)
+    single = [env.reset(seed=7 + i) for i, env in enumerate(envs)]
+    np.testing.assert_array_equal(obs, np.stack([o for o, _ in single]))
+    assert list(info["layout_id"]) == [i["layout_id"] for _, i in single]
+    actions = np.random.default_rng(0).integers(envs[0].action_space.n, size=(steps, n))
+    for t in range(steps):
+        obs, rewards, terminated, truncated, info = venv.step(actions[t])
+        for i, env in enumerate(envs):
+            o, r, term, trunc, inf = env.step(int(actions[t, i]))
+            assert (r, term, trunc) == (rewards[i], terminated[i], truncated[i])
+            final = info["final_obs"][i] if trunc else obs[i]
+            np.testing.assert_array_equal(final, o)
+            where = info["final_info"] if trunc else info
+            for key in ("layout_id", "goals_reached", "shortest_path", "steps_since_goal"):
+                assert where[key][i] == inf[key]
+            assert tuple(np.atleast_1d(where["agent_pos"][i])) == tuple(np.atleast_1d(inf["agent_pos"]))
+            assert where["_exploit_ratio"][i] == ("exploit_ratio" in inf)
+            if trunc:
+                o, inf = env.reset()
+                np.testing.assert_array_equal(obs[i], o)
+                assert info["layout_id"][i] == inf["layout_id"]
+
+
+@pytest.mark.parametrize("env_id", IDS)
+def test_async_vector_env_with_shared_memory_runs(env_id):
+    venv = gym.make_vec(env_id, num_envs=2, vectorization_mode="async", **SMALL[env_id])
+    obs, _ = venv.reset(seed=0)
+    obs2, *_ = venv.step(np.zeros(2, dtype=np.int64))
+    assert obs.shape == obs2.shape == (2,) + venv.single_observation_space.shape
+    venv.close()
+
+
+def test_sb3_vec_env_autoresets_with_terminal_observation_and_monitor_episode_info():
+    vec = make_vec_env("FWM/GraphNav-v0", 3, seed=5)
+    first = vec.reset()
+    again = make_vec_env("FWM/GraphNav-v0", 3, seed=5).reset()
+    np.testing.assert_array_equal(first, again)
+    total = np.zeros(3)
+    for t in range(30):
+        obs, rewards, dones, infos = vec.step(np.array([0, 1, 2]))
+        total += rewards
+    assert dones.all()
+    for i, info in enumerate(infos):
+        assert info["TimeLimit.truncated"] and info["terminal_observation"][-1] == pytest.approx(1.0)
+        assert info["episode"]["l"] == 30 and info["episode"]["r"] == pytest.approx(total[i])
+    assert (obs[:, -1] == 0).all()  # the next lifetime's first observation
+
+
+class RandomModel:
+    def __init__(self, n_actions):
+        self.rng, self.n = np.random.default_rng(0), n_actions
+
+    def predict(self, obs, state=None, episode_start=None, deterministic=False):
+        return self.rng.integers(self.n, size=len(obs)), state
+
+
+@pytest.mark.parametrize("env_id", IDS)
+def test_evaluate_policy_reads_the_episode_statistics(env_id):
+    vec = make_vec_env(env_id, 4, seed=0, **SMALL[env_id])
+    rewards, lengths = evaluate_policy(RandomModel(vec.action_space.n), vec, n_eval_episodes=8,
+                                       return_episode_rewards=True)
+    assert len(rewards) == 8 and set(lengths) == {vec.core.episode_steps}
+
+
+def test_episode_recorder_scores_returns_first_goal_and_exploit_ratios_from_the_second_visit():
+    recorder = EpisodeRecorder(2)
+    base = {"layout_id": "x", "goals_reached": 0}
+    steps = [
+        ([0.0, 0.0], [False, False], [dict(base), dict(base)]),
+        ([1.0, 0.0], [False, False], [dict(base, goal_visit=1, exploit_ratio=3.0), dict(base)]),
+        ([1.0, 0.5], [False, False], [dict(base, goal_visit=2, exploit_ratio=1.5), dict(base)]),
+        ([0.0, 0.0], [True, True], [dict(base, goals_reached=2), dict(base, layout_id="y")]),
+    ]
+    finished = []
+    for rewards, dones, infos in steps:
+        finished += recorder.update(np.array(rewards), np.array(dones), infos)
+    a, b = finished
+    assert (a.episode_return, a.goals, a.steps_to_first_goal, a.exploit_ratios) == (2.0, 2, 2, [1.5])
+    assert (b.episode_return, b.goals, b.steps_to_first_goal, b.exploit_ratios, b.layout_id) == (0.5, 0, None, [], "y")
+    assert recorder.update(np.zeros(2), np.array([True, False]), [dict(base), dict(base)])[0].episode_return == 0.0
+
+
+@pytest.mark.parametrize("env_id, kwargs, message", [
+    ("FWM/GraphNav-v0", {"split": "val"}, "unknown split 'val'; allowed: 'train', 'test', 'procedural'"),
+    ("FWM/GridMaze-v0", {"split": "dev"}, "unknown split 'dev'; allowed: 'train', 'val', 'test', 'test_large'"),
+    ("FWM/GridMaze-v0", {"obs": "pixels"}, "unknown obs 'pixels'; allowed: 'view', 'position', 'both'"),
+    ("FWM/GridMaze-v0", {"size": 1}, "size must be an integer >= 2"),
+    ("FWM/GridMaze-v0", {"loops": 1.5}, "loops must lie in [0, 1]"),
+    ("FWM/GridMaze-v0", {"loops": -0.1}, "loops must lie in [0, 1]"),
+    ("FWM/GraphNav-v0", {"layout_order": "shuffled"}, "allowed: 'random', 'sequential'"),
+    ("FWM/GraphNav-v0", {"n_actions": 2}, "n_actions must be an integer >= 3"),
+    ("FWM/GraphNav-v0", {"render_mode": "svg"}, "allowed: None, ansi, rgb_array"),
+])
+@pytest.mark.filterwarnings("ignore:.*render_mode=.svg.")
+def test_bad_options_raise_value_errors_saying_what_is_allowed(env_id, kwargs, message):
+    with pytest.raises(ValueError) as err:
+        gym.make(env_id, **kwargs)
+    assert message in str(err.value)
+
+
+@pytest.mark.parametrize("env_id", IDS)
+def test_actions_outside_the_space_raise_value_errors(env_id):
+    env = gym.make(env_id, **SMALL[env_id]).unwrapped
+    env.reset(seed=0)
+    for bad in (-1, env.action_space.n, 1.5):
+        with pytest.raises(ValueError, match=r"actions must be integers in \[0, "):
+            env.step(bad)
+    vec = make_vec_env(env_id, 2, seed=0, **SMALL[env_id])
+    vec.reset()
+    with pytest.raises(ValueError, match="actions must be integers"):
+        vec.step(np.array([0, 99]))
+
+
+@pytest.mark.parametrize("env_id", IDS)
+def test_rgb_frames_show_agent_goal_and_trail_and_ansi_is_text(env_id):
+    env = gym.make(env_id, render_mode="rgb_array", **SMALL[env_id])
+    env.reset(seed=1)
+    for _ in range(3):
+        env.step(int(env.unwrapped.core.oracle_actions()[0]))
+    frame = env.render()
+    assert frame.dtype == np.uint8 and frame.ndim == 3 and frame.shape[2] == 3
+    colours = {tuple(c) for c in frame.reshape(-1, 3)}
+    assert AGENT in colours and GOAL in colours
+    if env_id == "FWM/GraphNav-v0":
+        assert colours & set(ACTION_COLOURS)
+    text = gym.make(env_id, render_mode="ansi", **SMALL[env_id])
+    text.reset(seed=1)
+    assert "@" in text.render()

@@ -1,0 +1,176 @@
+"""FWM/GridMaze-v0: layouts, ids and splits, frozen sets, dynamics against a naive simulator."""
+from collections import deque
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from gymnasium.utils import seeding
+
+import fwm_rl.envs
+from fwm_rl.envs import layout_id, load_layouts, parse_layout
+from fwm_rl.envs.layouts import split_of
+from fwm_rl.envs.mazes import (GENERATOR_VERSION, OOD_SPLITS, build_frozen, frozen_path, split_layouts,
+                               standard_configs)
+
+ROOM = """\
+#######
+#..#..#
+#.##.##
+#.....#
+#######"""
+
+
+def bfs(walls: np.ndarray, source: tuple[int, int]) -> dict[tuple[int, int], int]:
+    dist, queue = {source: 0}, deque([source])
+    while queue:
+        r, c = queue.popleft()
+        for nr, nc in ((r - 1, c), (r, c + 1), (r + 1, c), (r, c - 1)):
+            inside = 0 <= nr < walls.shape[0] and 0 <= nc < walls.shape[1]
+            if inside and not walls[nr, nc] and (nr, nc) not in dist:
+                dist[nr, nc] = dist[r, c] + 1
+                queue.append((nr, nc))
+    return dist
+
+
+def test_layout_id_is_invariant_under_the_8_symmetries_and_separates_different_mazes():
+    walls = split_layouts("test", 5, 0.0)[0].walls
+    images = [np.rot90(w, k) for w in (walls, walls.T) for k in range(4)]
+    assert len({layout_id(image) for image in images}) == 1
+    other = split_layouts("test", 5, 0.0)[1].walls
+    assert layout_id(other) != layout_id(walls)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("#.x#\n#..#", "line 1, column 3: unknown character 'x'"),
+    ("#..#\n#.#", "line 2: ragged rows"),
+    ("####\n####", "at least 2 floor tiles"),
+    ("#G.G#", "several goals (line 1 column 2, line 1 column 4)"),
+    ("#S.S#", "several starts"),
+    ("#G.#.#", "line 1, column 5: floor tile cannot reach the goal"),
+    ("", "empty layout"),
+])
+def test_malformed_layouts_raise_value_errors_naming_line_column_and_what_is_allowed(text, message):
+    with pytest.raises(ValueError) as err:
+        parse_layout(text)
+    assert message in str(err.value)
+    if "unknown" in message:
+        assert "'#' wall, '.' floor" in str(err.value)
+
+
+def test_load_layouts_reads_strings_files_folders_and_lists(tmp_path):
+    (tmp_path / "a.txt").write_text("; two layouts\n" + ROOM + "\n\n" + ROOM.replace("#..#", "#G.#", 1) + "\n")
+    (tmp_path / "b.txt").write_text(ROOM)
+    assert len(load_layouts(tmp_path)) == 3
+    assert len(load_layouts([str(tmp_path / "b.txt"), ROOM])) == 2
+    assert load_layouts(tmp_path / "a.txt")[1].goal == (1, 1)
+    with pytest.raises(ValueError, match="a.txt, layout starting at line 2"):
+        (tmp_path / "a.txt").write_text("; bad\n#.x#\n")
+        load_layouts(tmp_path / "a.txt")
+    with pytest.raises(ValueError, match="neither a layout string nor an existing file"):
+        load_layouts("no/such/file.txt")
+
+
+@pytest.mark.parametrize("split, size, loops", [c for c in standard_configs() if c[1] <= 7])
+def test_frozen_files_match_the_generator_and_hold_only_their_split(split, size, loops):
+    shipped = load_layouts(frozen_path(split, size, loops))
+    assert f"generator v{GENERATOR_VERSION}" in frozen_path(split, size, loops).read_text().split("\n")[0]
+    assert [lay.id for lay in shipped] == [lay.id for lay in build_frozen(split, size, loops)]
+    assert len({lay.id for lay in shipped}) == len(shipped)
+    assert {split_of(lay.id) for lay in shipped} == {"test" if split in OOD_SPLITS else split}
+
+
+def test_no_train_reset_produces_a_val_or_test_layout():
+    held_out = {lay.id for cfg in standard_configs() for lay in split_layouts(*cfg)}
+    venv = gym.make_vec("FWM/GridMaze-v0", num_envs=200, vectorization_mode="vector_entry_point", size=5,
+                        episode_steps=1)
+    _, info = venv.reset(seed=0)
+    seen = set(info["layout_id"])
+    for _ in range(4):
+        seen |= set(venv.step(np.zeros(200, dtype=np.int64))[4]["layout_id"])
+    assert len(seen) > 900
+    assert {split_of(i) for i in seen} == {"train"} and not seen & held_out
+
+
+MOVES = [(-1, 0), (0, 1), (1, 0), (0, -1)]
+
+
+def naive_grid_lifetime(walls, rng, policy_rng, steps):
+    """Per-step simulator: goal uniform over floor (row-major), start/teleport uniform over floor minus goal.
+    Actions: half greedy along the BFS distance, half random. Returns (action, pos, reward, shortest) per step."""
+    floor = [tuple(t) for t in np.argwhere(~walls)]
+    u_goal, u_start = rng.random(), rng.random()
+    goal = floor[int(u_goal * len(floor))]
+    rest = [t for t in floor if t != goal]
+    pos = rest[int(u_start * len(rest))]
+    dist = bfs(walls, goal)
+    out = []
+    for _ in range(steps):
+        greedy = min(range(4), key=lambda a: dist.get((pos[0] + MOVES[a][0], pos[1] + MOVES[a][1]), 10 ** 6))
+        action = greedy if policy_rng.random() < 0.5 else int(policy_rng.integers(4))
+        nr, nc = pos[0] + MOVES[action][0], pos[1] + MOVES[action][1]
+        if 0 <= nr < walls.shape[0] and 0 <= nc < walls.shape[1] and not walls[nr, nc]:
+            pos = (nr, nc)
+        reward = 1.0 if pos == goal else 0.0
+        if reward:
+            pos = rest[int(rng.random() * len(rest))]
+        out.append((action, pos, reward, dist[pos]))
+    return out
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_dynamics_and_shortest_paths_match_a_naive_simulator(seed):
+    layout = split_layouts("val", 5, 0.0)[3]
+    env = gym.make("FWM/GridMaze-v0", layout=layout.to_text(), obs="both", episode_steps=300,
+                   layout_order="sequential")  # no layout draw
+    _, info = env.reset(seed=seed)
+    expected = naive_grid_lifetime(layout.walls, seeding.np_random(seed)[0], np.random.default_rng(seed), 300)
+    goals = 0
+    for action, pos, reward, shortest in expected:
+        obs, r, _, truncated, info = env.step(action)
+        goals += reward
+        assert (info["agent_pos"], r, info["shortest_path"], info["goals_reached"]) == (pos, reward, shortest, goals)
+        view = obs[:9].reshape(3, 3)
+        padded = np.pad(layout.walls, 1, constant_values=True)
+        np.testing.assert_array_equal(view, padded[pos[0]:pos[0] + 3, pos[1]:pos[1] + 3])
+        np.testing.assert_allclose(obs[9:11], np.array(pos) / (np.array(layout.walls.shape) - 1), rtol=1e-6)
+    assert truncated and goals > 0
+
+
+def test_goal_and_start_markers_fix_goal_and_start_and_exploit_ratio_counts_steps_over_shortest_path():
+    env = gym.make("FWM/GridMaze-v0", layout=ROOM.replace("#.....#", "#S...G#"), episode_steps=20)
+    _, info = env.reset(seed=0)
+    assert info["agent_pos"] == (3, 1) and info["shortest_path"] == 4
+    for action in (0, 2, 1, 1, 1, 1):  # a wasted up-down detour, then straight right
+        _, reward, _, _, info = env.step(action)
+    assert reward == 1.0 and info["goal_visit"] == 1 and info["exploit_ratio"] == pytest.approx(6 / 4)
+
+
+def test_observation_layout_is_the_same_for_every_size():
+    sizes = {mode: {gym.make("FWM/GridMaze-v0", size=s, obs=mode).observation_space.shape for s in (3, 7, 11)}
+             for mode in ("view", "position", "both")}
+    assert sizes == {"view": {(16,)}, "position": {(9,)}, "both": {(18,)}}
+
+
+def test_ood_splits_fix_size_and_loops_and_val_test_cover_their_frozen_sets_sequentially():
+    env = gym.make("FWM/GridMaze-v0", split="test_large", layout_order="sequential")
+    assert env.unwrapped.core.size == 11
+    with pytest.raises(ValueError, match="fixes size=11"):
+        gym.make("FWM/GridMaze-v0", split="test_large", size=7)
+    stats = fwm_rl.envs.run_reference("FWM/GridMaze-v0", "oracle", 100, n_envs=100, split="val", size=5,
+                                      layout_order="sequential", episode_steps=40)
+    assert [s.layout_id for s in stats] == [lay.id for lay in split_layouts("val", 5, 0.0)]
+    assert all(r == pytest.approx(1.0) for s in stats for r in s.exploit_ratios)
+
+
+def test_layouts_of_different_sizes_share_one_env_and_one_observation_layout():
+    corridor = "#####\n#S.G#\n#####"
+    venv = gym.make_vec("FWM/GridMaze-v0", num_envs=2, vectorization_mode="vector_entry_point",
+                        layouts=[ROOM, corridor], layout_order="sequential", obs="both", episode_steps=30)
+    obs, info = venv.reset(seed=0)
+    assert obs.shape == (2, 18) and info["layout_id"][1] == layout_id(parse_layout(corridor).walls)
+    assert tuple(info["agent_pos"][1]) == (1, 1) and tuple(obs[1, 9:11]) == (0.5, 0.25)
+    core = venv.unwrapped.core
+    total = np.zeros(2)
+    for _ in range(30):
+        total += venv.step(core.oracle_actions())[1]
+    assert total[1] >= 15 and total[0] >= 5  # an oracle visit takes <= 2 steps in the corridor, <= 6 in the room

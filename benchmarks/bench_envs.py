@@ -1,6 +1,8 @@
 """Env-steps per second of the fwm_rl.envs tasks: single env, native batched VectorEnv, SB3 VecEnv.
 
-Random actions drawn up front; resets (autoresets for batched envs) are included in the time. Best of ``--repeats``.
+Random actions drawn up front; resets (autoresets for batched envs) are included in the time. Each row is the median
+of ``--repeats`` runs, in wall-clock time and in CPU time of this process (``time.process_time``): on a shared machine
+the wall-clock rate drops with the load while the CPU-time rate estimates what an idle core would give.
 Usage: python benchmarks/bench_envs.py [--steps 20000] [--repeats 3] [--references]
 ``--references`` instead prints the reference-policy scores (random, oracle) on the frozen evaluation sets.
 """
@@ -21,27 +23,33 @@ ENV_IDS = ("FWM/GraphNav-v0", "FWM/GridMaze-v0")
 BATCH_SIZES = (1, 64, 1024)
 
 
-def single_env_rate(env: gym.Env, steps: int) -> float:
+Rates = tuple[float, float]
+"""(env-steps per wall-clock second, env-steps per CPU second)."""
+
+
+def single_env_rate(env: gym.Env, steps: int) -> Rates:
     actions = np.random.default_rng(0).integers(env.action_space.n, size=steps).tolist()
     env.reset(seed=0)
-    start = time.perf_counter()
+    wall, cpu = time.perf_counter(), time.process_time()
     for action in actions:
         if env.step(action)[3]:
             env.reset()
-    return steps / (time.perf_counter() - start)
+    return steps / (time.perf_counter() - wall), steps / (time.process_time() - cpu)
 
 
-def batched_rate(step, n_envs: int, n_actions: int, steps: int) -> float:
+def batched_rate(step, n_envs: int, n_actions: int, steps: int) -> Rates:
     calls = max(steps // n_envs, 20)
     actions = np.random.default_rng(0).integers(n_actions, size=(calls, n_envs))
-    start = time.perf_counter()
+    wall, cpu = time.perf_counter(), time.process_time()
     for batch in actions:
         step(batch)
-    return calls * n_envs / (time.perf_counter() - start)
+    return calls * n_envs / (time.perf_counter() - wall), calls * n_envs / (time.process_time() - cpu)
 
 
-def best(fn, repeats: int) -> float:
-    return max(fn() for _ in range(repeats))
+def median(fn, repeats: int) -> Rates:
+    """Median wall-clock and median CPU-time rate over ``repeats`` runs of ``fn``."""
+    runs = np.array([fn() for _ in range(repeats)])
+    return float(np.median(runs[:, 0])), float(np.median(runs[:, 1]))
 
 
 REFERENCE_CONFIGS = (
@@ -75,7 +83,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=20000,
                         help="env-steps per single-env measurement (batched: 10x as many)")
-    parser.add_argument("--repeats", type=int, default=3, help="measurements per row; the best is reported")
+    parser.add_argument("--repeats", type=int, default=5, help="measurements per row; the median is reported")
     parser.add_argument("--references", action="store_true", help="print reference-policy scores instead")
     args = parser.parse_args()
     if args.references:
@@ -86,19 +94,19 @@ def main() -> None:
     rows = []
     for env_id in ENV_IDS:
         env = gym.make(env_id)
-        rate = best(lambda: single_env_rate(env, args.steps), args.repeats)
-        rows.append((env_id, "single env (gym.make, wrappers)", 1, rate))
+        rows.append((env_id, "single env (gym.make, wrappers)", 1,
+                     median(lambda: single_env_rate(env, args.steps), args.repeats)))
         raw = gym.make(env_id).unwrapped
-        rows.append((env_id, "single env (unwrapped)", 1, best(lambda: single_env_rate(raw, args.steps), args.repeats)))
+        rows.append((env_id, "single env (unwrapped)", 1, median(lambda: single_env_rate(raw, args.steps), args.repeats)))
         for n in BATCH_SIZES:
             venv = gym.make_vec(env_id, num_envs=n, vectorization_mode="vector_entry_point")
             venv.reset(seed=0)
-            rate = best(lambda: batched_rate(venv.step, n, venv.single_action_space.n, 10 * args.steps), args.repeats)
+            rate = median(lambda: batched_rate(venv.step, n, venv.single_action_space.n, 10 * args.steps), args.repeats)
             rows.append((env_id, "gymnasium VectorEnv (native, numpy)", n, rate))
         for n in BATCH_SIZES[1:]:
             vec = make_vec_env(env_id, n, seed=0)
             vec.reset()
-            rate = best(lambda: batched_rate(vec.step, n, vec.action_space.n, 10 * args.steps), args.repeats)
+            rate = median(lambda: batched_rate(vec.step, n, vec.action_space.n, 10 * args.steps), args.repeats)
             rows.append((env_id, "SB3 VecEnv (make_vec_env)", n, rate))
     try:
         import minigrid  # noqa: F401
@@ -106,10 +114,10 @@ def main() -> None:
         print("minigrid not installed: Minigrid comparison skipped (spec measured MiniGrid-MultiRoom-N6-v0 at "
               "~10,000 steps/s single env on a 2-core machine)")
     print(f"load average {os.getloadavg()[0]:.1f} at end\n")
-    print("| env | implementation | n envs | env-steps/s |")
-    print("|---|---|---:|---:|")
-    for env_id, impl, n, rate in rows:
-        print(f"| {env_id} | {impl} | {n} | {rate:,.0f} |")
+    print("| env | implementation | n envs | env-steps/s (wall clock) | env-steps per CPU second |")
+    print("|---|---|---:|---:|---:|")
+    for env_id, impl, n, (wall, cpu) in rows:
+        print(f"| {env_id} | {impl} | {n} | {wall:,.0f} | {cpu:,.0f} |")
 
 
 if __name__ == "__main__":

@@ -1,9 +1,13 @@
 """Batched numpy dynamics shared by every single env (B = 1) and its vector twin (B = n_envs).
 
 :class:`BatchedCore` keeps the bookkeeping both tasks share: lifetime clock, goal counts, goal-visit segments and
-their exploit ratios, layout choice (random or sequential over a fixed set), previous action and reward, and the
-``info`` dictionaries. A task subclass supplies the layouts, the moves and the observation. Since the single env
-and the vector env run this same code, they cannot drift apart.
+their exploit ratios, layout choice (random or sequential over a fixed set), previous action and reward, the common
+tail of the observation and the ``info`` dictionaries. A task subclass supplies the layouts, the moves and the
+observation features. Since the single env and the vector env run this same code, they cannot drift apart.
+
+Speed at B = 1 comes from the number of numpy calls, not their size: a step is a handful of 1-D gathers from flat
+per-row tables filled when a lifetime starts (``row * stride + index``, never multi-array fancy indexing), and the
+rare events (goal, timeout, buffer refill) live behind one cheap test.
 """
 from __future__ import annotations
 
@@ -30,8 +34,8 @@ def check_int(name: str, value: Any, low: int) -> int:
 
 
 class BatchedCore:
-    """B independent lifetimes stepped together. Subclasses set ``n_actions``, ``obs_low``, ``obs_high``,
-    ``layout_ids`` (one str per row) and implement the hooks below.
+    """B independent lifetimes stepped together. Subclasses set ``n_actions`` and ``layout_ids`` (one str per
+    row), call :meth:`_init_observation` and implement the hooks below.
 
     :param n_rows: batch size B.
     :param episode_steps: lifetime length T; a row is truncated after its T-th step.
@@ -52,14 +56,27 @@ class BatchedCore:
         self.streams = RowStreams(n_rows)
         self.layout_ids = [""] * n_rows
         self.lifetimes_begun = np.zeros(n_rows, dtype=np.int64)  # [B] for the sequential order
-        self.t = np.zeros(n_rows, dtype=np.int64)  # [B] steps taken this lifetime
+        self._clocks = np.zeros((2, n_rows), dtype=np.int64)  # both clocks tick in one call
+        self.t = self._clocks[0]  # [B] steps taken this lifetime
+        self.steps_since_goal = self._clocks[1]  # [B] steps in the current goal visit
         self.goals_reached = np.zeros(n_rows, dtype=np.int64)
-        self.steps_since_goal = np.zeros(n_rows, dtype=np.int64)  # steps in the current goal visit
         self.visit_shortest = np.ones(n_rows, dtype=np.int64)  # shortest path when the visit began
+        self.shortest = np.ones(n_rows, dtype=np.int64)  # shortest_path() after the last step or reset
         self.prev_action = np.zeros(n_rows, dtype=np.int64)  # n_actions means "none"
         self.prev_reward = np.zeros(n_rows, dtype=np.float32)
         self.hit = np.zeros(n_rows, dtype=bool)  # [B] last step reached a goal
         self.exploit = np.zeros(n_rows)  # [B] exploit ratio of the visit that ended on the last step
+        self.rows = np.arange(n_rows)  # [B] row numbers, for per-row table offsets
+
+    def _init_observation(self, n_features: int, reward_low: float, reward_high: float) -> None:
+        """Observation = task features [F] in [0, 1], previous action one-hot with a "none" slot [a + 1], previous
+        reward in [reward_low, reward_high], steps taken / episode_steps."""
+        self.obs_size = n_features + self.n_actions + 3
+        self.obs_low = np.zeros(self.obs_size, dtype=np.float32)
+        self.obs_high = np.ones(self.obs_size, dtype=np.float32)
+        self.obs_low[-2], self.obs_high[-2] = reward_low, reward_high
+        self._obs_start = self.rows * self.obs_size  # [B] offset of each row in the flat observation
+        self._action_slot = self._obs_start + n_features  # [B] flat index of each row's "action 0" slot
 
     # ----------------------------------------------------------------------------------------------- task hooks
     def _start_lifetime(self, rows: np.ndarray, layout_index: np.ndarray | None) -> None:
@@ -67,15 +84,16 @@ class BatchedCore:
         raise NotImplementedError
 
     def _move(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Apply actions [B] -> (rewards [B] float32, goal hit [B] bool, new goal visit begins [B] bool)."""
+        """Apply actions [B] -> (rewards [B] float32, goal hit [B] bool, rows [R] int beginning a new goal visit,
+        every hit row among them)."""
+        raise NotImplementedError
+
+    def _observe_features(self, obs: np.ndarray, flat: np.ndarray) -> None:
+        """Write the task features into ``obs[:, :F]`` (``flat`` is ``obs`` viewed as [B * D]); the rest is 0."""
         raise NotImplementedError
 
     def shortest_path(self) -> np.ndarray:
         """[B] int: length of a shortest path from each row's position to its goal."""
-        raise NotImplementedError
-
-    def observe(self) -> np.ndarray:
-        """[B, D] float32 observations."""
         raise NotImplementedError
 
     def oracle_actions(self) -> np.ndarray:
@@ -108,10 +126,10 @@ class BatchedCore:
                 index = draw_index(self.streams.uniform(rows)[:, 0], self.n_layouts)
         self.lifetimes_begun[rows] += 1
         self._start_lifetime(rows, index)
-        self.t[rows] = 0
+        self._clocks[:, rows] = 0
         self.goals_reached[rows] = 0
-        self.steps_since_goal[rows] = 0
-        self.visit_shortest[rows] = self.shortest_path()[rows]
+        self.shortest = self.shortest_path()
+        self.visit_shortest[rows] = self.shortest[rows]
         self.prev_action[rows] = self.n_actions
         self.prev_reward[rows] = 0.0
         self.hit[rows] = False
@@ -121,29 +139,38 @@ class BatchedCore:
         truncated [B] bool). Truncated rows are not reset here."""
         self.prev_action = actions
         rewards, hit, restart = self._move(actions)
-        self.t += 1
-        self.steps_since_goal += 1
+        self._clocks += 1
         self.hit = hit
-        if hit.any():
-            self.exploit = self.steps_since_goal / self.visit_shortest
+        self.shortest = self.shortest_path()
+        if restart.size:
+            self.exploit = self.steps_since_goal / self.visit_shortest  # read only where hit
             self.goals_reached += hit
-        if restart.any():
             self.steps_since_goal[restart] = 0
-            self.visit_shortest[restart] = self.shortest_path()[restart]
+            self.visit_shortest[restart] = self.shortest[restart]
         self.prev_reward = rewards
         return rewards.copy(), self.t >= self.episode_steps
+
+    def observe(self) -> np.ndarray:
+        """[B, D] float32 fresh observations: task features, previous action one-hot, previous reward, time."""
+        obs = np.zeros((self.n_rows, self.obs_size), dtype=np.float32)
+        flat = obs.reshape(-1)
+        flat[self._action_slot + self.prev_action] = 1.0
+        obs[:, -2] = self.prev_reward
+        np.divide(self.t, self.episode_steps, out=obs[:, -1])
+        self._observe_features(obs, flat)
+        return obs
 
     # ----------------------------------------------------------------------------------------------------- info
     def row_infos(self) -> list[dict[str, Any]]:
         """One fresh info dict per row (keys of the contract; "exploit_ratio" and "goal_visit" only on a goal)."""
         pos = self.positions().tolist()
-        shortest = self.shortest_path().tolist()
+        shortest = self.shortest.tolist()
         goals = self.goals_reached.tolist()
         since = self.steps_since_goal.tolist()
         infos = [{"layout_id": layout, "goals_reached": g, "shortest_path": sp, "steps_since_goal": s,
                   "agent_pos": tuple(p) if isinstance(p, list) else p}
                  for layout, g, sp, s, p in zip(self.layout_ids, goals, shortest, since, pos)]
-        for row in np.flatnonzero(self.hit).tolist():
+        for row in self.hit.nonzero()[0].tolist():
             infos[row]["exploit_ratio"] = float(self.exploit[row])
             infos[row]["goal_visit"] = goals[row]
         return infos
@@ -154,7 +181,7 @@ class BatchedCore:
         info = {
             "layout_id": np.array(self.layout_ids, dtype=object),
             "goals_reached": self.goals_reached.copy(),
-            "shortest_path": self.shortest_path(),
+            "shortest_path": self.shortest.copy(),
             "steps_since_goal": self.steps_since_goal.copy(),
             "agent_pos": self.positions().copy(),
             "exploit_ratio": np.where(self.hit, self.exploit, 0.0),

@@ -56,14 +56,14 @@ class CoreEnv(gym.Env):
         return self.core.observe()[0], self.core.row_infos()[0]
 
     def step(self, action: int) -> tuple[np.ndarray, float, bool, bool, dict]:
-        if type(action) is int and 0 <= action < self.core.n_actions:  # fast path for plain ints
+        if isinstance(action, (int, np.integer)) and 0 <= action < self.core.n_actions:  # fast path for ints
             actions = np.array([action], dtype=np.int64)
         else:
             actions = check_actions(np.array([action]), self.core.n_actions)
         rewards, truncated = self.core.step(actions)
-        pos = self.core.agent_pos(0)
-        self.trail.append(pos)
-        return self.core.observe()[0], float(rewards[0]), False, bool(truncated[0]), self.core.row_infos()[0]
+        info = self.core.row_infos()[0]
+        self.trail.append(info["agent_pos"])
+        return self.core.observe()[0], rewards.item(), False, truncated.item(), info
 
     def render(self) -> str | np.ndarray | None:
         if self.render_mode is None:

@@ -44,7 +44,10 @@ NO_EDGE_PENALTY = 0.05
 
 class GraphNavCore(BatchedCore):
     """Batched GraphNav dynamics (see the module docstring). Row state: graph ``succ`` [B, n, a], ``goal`` [B],
-    ``pos`` [B], ``timer`` [B]."""
+    ``pos`` [B] and ``timeout_at`` [B], the official timeout counter kept as the step count t at which the next
+    non-goal step times out (so it needs no update on ordinary steps). Per-row tables filled when a lifetime starts: ``next_node`` [B, n a] (the node
+    after each (node, action); the same node where there is no edge), ``edge_reward`` [B, n a] and ``dist``
+    [B, n, n]."""
 
     def __init__(self, n_rows: int, split: str = "train", n_nodes: int = 5, n_actions: int = 3,
                  episode_steps: int = 30, layout_order: str = "random") -> None:
@@ -55,22 +58,31 @@ class GraphNavCore(BatchedCore):
         sets = paper_graph_sets(self.n_nodes, self.n_actions)
         self.forbidden = frozenset(g.tobytes() for g in sets["test"])
         self.bank = None if split == "procedural" else sets[split]
-        self.bank_dist = None if self.bank is None else shortest_paths(self.bank)
-        self.bank_ids = None if self.bank is None else [graph_id(g) for g in self.bank]
+        if self.bank is not None:
+            self.bank_tables = self._tables(self.bank)
+            self.bank_ids = [graph_id(g) for g in self.bank]
         super().__init__(n_rows, episode_steps, None if self.bank is None else len(self.bank), layout_order)
         n, a = self.n_nodes, self.n_actions
         self.succ = np.zeros((n_rows, n, a), dtype=np.int64)
+        self.next_node = np.zeros((n_rows, n * a), dtype=np.int64)
+        self.edge_reward = np.zeros((n_rows, n * a), dtype=np.float32)
         self.dist = np.zeros((n_rows, n, n), dtype=np.int64)
+        self._next_flat, self._reward_flat = self.next_node.reshape(-1), self.edge_reward.reshape(-1)
+        self._dist_flat = self.dist.reshape(-1)
+        self._edge_start = self.rows * (n * a)  # [B] offset of each row in the flat (node, action) tables
+        self._dist_start = self.rows * (n * n)
         self.goal = np.zeros(n_rows, dtype=np.int64)
         self.pos = np.ones(n_rows, dtype=np.int64)
-        self.timer = np.zeros(n_rows, dtype=np.int64)
-        self._ar = np.arange(n_rows)
-        self.obs_low = np.zeros(2 * n + a + 3, dtype=np.float32)
-        self.obs_high = np.ones(2 * n + a + 3, dtype=np.float32)
-        self.obs_low[-2], self.obs_high[-2] = -NO_EDGE_PENALTY, GOAL_REWARD
-        self._rewards = np.array([-NO_EDGE_PENALTY, 0.0, GOAL_REWARD], dtype=np.float32)
-        self._eye_node = np.eye(n, dtype=np.float32)
-        self._eye_action = np.eye(a + 1, dtype=np.float32)
+        self.timeout_at = np.zeros(n_rows, dtype=np.int64)
+        self._init_observation(2 * n, -NO_EDGE_PENALTY, GOAL_REWARD)
+        self._pos_slot = self._obs_start + n  # [B] flat index of each row's "node 0" slot
+
+    def _tables(self, succ: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Graphs succ [G, n, a] -> (succ, next_node [G, n a], edge_reward [G, n a], dist [G, n, n])."""
+        edge = succ >= 0
+        next_node = np.where(edge, succ, np.arange(self.n_nodes)[:, None]).reshape(len(succ), -1)
+        edge_reward = np.where(edge, 0.0, -NO_EDGE_PENALTY).astype(np.float32).reshape(len(succ), -1)
+        return succ, next_node, edge_reward, shortest_paths(succ)
 
     def _draw(self, rows: np.ndarray, high: np.ndarray) -> np.ndarray:
         return draw_index(self.streams.uniform(rows)[:, 0], high)
@@ -78,57 +90,55 @@ class GraphNavCore(BatchedCore):
     def _start_lifetime(self, rows: np.ndarray, layout_index: np.ndarray | None) -> None:
         if layout_index is None:
             graphs = sample_graphs(self._draw, rows, self.n_nodes, self.n_actions, self.forbidden)
-            self.succ[rows] = graphs
-            self.dist[rows] = shortest_paths(graphs)
+            tables = self._tables(graphs)
             ids = [graph_id(g) for g in graphs]
         else:
-            self.succ[rows] = self.bank[layout_index]
-            self.dist[rows] = self.bank_dist[layout_index]
-            ids = [self.bank_ids[i] for i in layout_index]
-        for row, layout in zip(rows, ids):
+            tables = [table[layout_index] for table in self.bank_tables]
+            ids = [self.bank_ids[i] for i in layout_index.tolist()]
+        for row_table, table in zip((self.succ, self.next_node, self.edge_reward, self.dist), tables):
+            row_table[rows] = table
+        for row, layout in zip(rows.tolist(), ids):
             self.layout_ids[row] = layout
         u = self.streams.uniform(rows, 2)
         self.goal[rows] = draw_index(u[:, 0], self.n_nodes)
         self.pos[rows] = draw_other(u[:, 1], self.n_nodes, self.goal[rows])
-        self.timer[rows] = 0
-
-    def _new_goal(self, rows: np.ndarray) -> None:
-        """Goal other than the current one, agent anywhere but on the new goal (after a goal and a timeout)."""
-        u = self.streams.uniform(rows, 2)
-        self.goal[rows] = draw_other(u[:, 0], self.n_nodes, self.goal[rows])
-        self.pos[rows] = draw_other(u[:, 1], self.n_nodes, self.goal[rows])
+        self.timeout_at[rows] = self.n_nodes  # the clock t restarts at 0
 
     def _move(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        nxt = self.succ[self._ar, self.pos, actions]
-        valid = nxt >= 0
-        hit = nxt == self.goal
-        self.pos = np.where(valid, nxt, self.pos)
-        self.timer += ~hit
-        rewards = self._rewards[np.add(valid, hit, dtype=np.intp)]  # no edge, move, goal (a goal implies an edge)
-        timeout = self.timer > self.n_nodes
-        restart = hit | timeout
-        if restart.any():
-            self._new_goal(np.flatnonzero(restart))
-            if timeout.any():
-                self.prev_action[timeout] = self.n_actions
-                self.timer[timeout] = 0
+        edge = self._edge_start + self.pos * self.n_actions + actions
+        self.pos = self._next_flat[edge]
+        rewards = self._reward_flat[edge]
+        hit = self.pos == self.goal
+        restart = (hit | (self.t >= self.timeout_at)).nonzero()[0]  # the clock t ticks after the move
+        if restart.size:
+            self._restart(restart, hit[restart], rewards)
         return rewards, hit, restart
 
+    def _restart(self, rows: np.ndarray, hit: np.ndarray, rewards: np.ndarray) -> None:
+        """Rows that reached the goal (``hit`` [R]: reward it) or timed out: new goal other than the current one,
+        agent anywhere but on the new goal. A goal step does not count towards the timeout (official code)."""
+        goal_rows, timeout = rows[hit], rows[~hit]
+        rewards[goal_rows] = GOAL_REWARD
+        self.timeout_at[goal_rows] += 1
+        self.timeout_at[timeout] = self.t[timeout] + (self.n_nodes + 1)
+        self.prev_action[timeout] = self.n_actions
+        u = self.streams.uniform(rows, 2)
+        self.goal[rows] = goal = draw_other(u[:, 0], self.n_nodes, self.goal[rows])
+        self.pos[rows] = draw_other(u[:, 1], self.n_nodes, goal)
+
     def shortest_path(self) -> np.ndarray:
-        return self.dist[self._ar, self.pos, self.goal]
+        return self._dist_flat[self._dist_start + self.pos * self.n_nodes + self.goal]
 
     def positions(self) -> np.ndarray:
         return self.pos
 
-    def observe(self) -> np.ndarray:
-        return np.concatenate([
-            self._eye_node[self.goal], self._eye_node[self.pos], self._eye_action[self.prev_action],
-            self.prev_reward[:, None], (self.t * np.float32(1 / self.episode_steps))[:, None],
-        ], axis=1, dtype=np.float32)
+    def _observe_features(self, obs: np.ndarray, flat: np.ndarray) -> None:
+        flat[self._obs_start + self.goal] = 1.0
+        flat[self._pos_slot + self.pos] = 1.0
 
     def oracle_actions(self) -> np.ndarray:
-        nxt = self.succ[self._ar, self.pos]  # [B, a]
-        remaining = self.dist[self._ar[:, None], np.maximum(nxt, 0), self.goal[:, None]]
+        nxt = self.succ[self.rows, self.pos]  # [B, a]
+        remaining = self.dist[self.rows[:, None], np.maximum(nxt, 0), self.goal[:, None]]
         return np.argmin(np.where(nxt >= 0, remaining, self.n_nodes + 1), axis=1)
 
 

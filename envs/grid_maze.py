@@ -43,7 +43,8 @@ def default_episode_steps(height: int, width: int) -> int:
 
 class GridMazeCore(BatchedCore):
     """Batched GridMaze dynamics. Tiles are flat indices into each row's grid padded by ``view_radius`` walls:
-    ``walls`` [B, N] bool, ``dist`` [B, N] steps to the goal, ``pos`` and ``goal`` [B]."""
+    ``walls`` [B, N] bool, ``dist`` [B, N] steps to the goal, ``pos`` and ``goal`` [B]. ``next_tile`` [B, 4 N],
+    filled when a lifetime starts, holds the tile after each (tile, action) (the same tile where a wall blocks)."""
 
     n_actions = 4
 
@@ -82,29 +83,33 @@ class GridMazeCore(BatchedCore):
         p = self.view_radius
         self.padded_width = self.width + 2 * p
         n_tiles = (self.height + 2 * p) * self.padded_width
+        w = self.padded_width
+        self._moves = np.array([-w, 1, w, -1])  # up, right, down, left
+        dy, dx = np.mgrid[-p:p + 1, -p:p + 1]
+        self._view = (dy * w + dx).ravel()  # [V] offsets of the view window
         if self.bank is not None:
             self.bank_walls = self._pad(np.stack([self._fit(lay.walls) for lay in self.bank]))
+            self.bank_next = self._next_tiles(self.bank_walls)
             self.bank_goal = np.array([self._flat(lay.goal) for lay in self.bank])
             self.bank_start = np.array([self._flat(lay.start) for lay in self.bank])
             self.bank_ids = [lay.id for lay in self.bank]
             self.bank_dims = np.array([lay.walls.shape for lay in self.bank])
         self.walls = np.ones((n_rows, n_tiles), dtype=bool)
-        self.dist = np.zeros((n_rows, n_tiles), dtype=np.int32)
+        self.next_tile = np.zeros((n_rows, 4 * n_tiles), dtype=np.int64)
+        self.dist = np.zeros((n_rows, n_tiles), dtype=np.int64)
+        self._walls_flat, self._next_flat = self.walls.reshape(-1), self.next_tile.reshape(-1)
+        self._dist_flat = self.dist.reshape(-1)
+        self._tile_start = self.rows * n_tiles  # [B] offset of each row in the flat tile tables
+        self._move_start = self.rows * (4 * n_tiles)
         self.floor_list = np.zeros((n_rows, n_tiles), dtype=np.int64)  # floor tiles first, ascending
         self.floor_rank = np.zeros((n_rows, n_tiles), dtype=np.int64)  # index of a floor tile in floor_list
         self.n_floor = np.full(n_rows, 2, dtype=np.int64)
         self.dims = np.tile([self.height, self.width], (n_rows, 1))  # [B, 2] unpadded grid shape per row
         self.goal = np.zeros(n_rows, dtype=np.int64)
         self.pos = np.zeros(n_rows, dtype=np.int64)
-        self._ar = np.arange(n_rows)
-        w = self.padded_width
-        self._moves = np.array([-w, 1, w, -1])  # up, right, down, left
-        dy, dx = np.mgrid[-p:p + 1, -p:p + 1]
-        self._view = (dy * w + dx).ravel()  # [V] offsets of the view window
-        size = {"view": self._view.size, "position": 2, "both": self._view.size + 2}[obs] + self.n_actions + 3
-        self.obs_low = np.zeros(size, dtype=np.float32)
-        self.obs_high = np.ones(size, dtype=np.float32)
-        self._eye_action = np.eye(self.n_actions + 1, dtype=np.float32)
+        self._tile_rc = np.stack(np.divmod(np.arange(n_tiles), self.padded_width), axis=1) - p  # [N, 2] (row, col)
+        self._view_size = 0 if obs == "position" else self._view.size
+        self._init_observation(self._view_size + (0 if obs == "view" else 2), 0.0, GOAL_REWARD)
 
     # ------------------------------------------------------------------------------------------------ geometry
     def _fit(self, walls: np.ndarray) -> np.ndarray:
@@ -118,26 +123,34 @@ class GridMazeCore(BatchedCore):
         p = self.view_radius
         return np.pad(walls, ((0, 0), (p, p), (p, p)), constant_values=True).reshape(len(walls), -1)
 
+    def _next_tiles(self, walls: np.ndarray) -> np.ndarray:
+        """Padded walls [R, N] -> next_tile [R, 4 N]: the tile after each (tile, action), or the tile itself."""
+        tiles = np.arange(walls.shape[1])[:, None]
+        target = np.clip(tiles + self._moves, 0, walls.shape[1] - 1)  # [N, 4]; clipping only touches border walls
+        return np.where(walls[:, target], tiles, target).reshape(len(walls), -1)
+
     def _flat(self, tile: tuple[int, int] | None) -> int:
         return -1 if tile is None else (tile[0] + self.view_radius) * self.padded_width + tile[1] + self.view_radius
 
     def positions(self) -> np.ndarray:
-        rc = np.stack(np.divmod(self.pos, self.padded_width), axis=1)
-        return rc - self.view_radius
+        return self._tile_rc[self.pos]
 
     # ------------------------------------------------------------------------------------------------ dynamics
     def _start_lifetime(self, rows: np.ndarray, layout_index: np.ndarray | None) -> None:
         if layout_index is None:
             mazes = generate_split(self.streams.uniform, rows, self.size, self.loops, "train")
-            self.walls[rows] = self._pad(np.stack([m.walls for m in mazes]))
+            walls = self._pad(np.stack([m.walls for m in mazes]))
+            self.walls[rows] = walls
+            self.next_tile[rows] = self._next_tiles(walls)
             fixed_goal = fixed_start = np.full(len(rows), -1)
             ids = [m.id for m in mazes]
         else:
             self.walls[rows] = self.bank_walls[layout_index]
+            self.next_tile[rows] = self.bank_next[layout_index]
             fixed_goal, fixed_start = self.bank_goal[layout_index], self.bank_start[layout_index]
-            ids = [self.bank_ids[i] for i in layout_index]
+            ids = [self.bank_ids[i] for i in layout_index.tolist()]
             self.dims[rows] = self.bank_dims[layout_index]
-        for row, layout in zip(rows, ids):
+        for row, layout in zip(rows.tolist(), ids):
             self.layout_ids[row] = layout
         floor = ~self.walls[rows]
         self.n_floor[rows] = floor.sum(1)
@@ -175,29 +188,25 @@ class GridMazeCore(BatchedCore):
         return dist
 
     def _move(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        target = self.pos + self._moves[actions]
-        self.pos = np.where(self.walls[self._ar, target], self.pos, target)
+        self.pos = self._next_flat[self._move_start + self.pos * 4 + actions]
         hit = self.pos == self.goal
-        if hit.any():
-            rows = np.flatnonzero(hit)
+        rows = hit.nonzero()[0]
+        if rows.size:
             self._place_off_goal(rows, self.streams.uniform(rows)[:, 0])
-        return hit.astype(np.float32), hit, hit
+        return hit.astype(np.float32), hit, rows
 
     def shortest_path(self) -> np.ndarray:
-        return self.dist[self._ar, self.pos].astype(np.int64)
+        return self._dist_flat[self._tile_start + self.pos]
 
-    def observe(self) -> np.ndarray:
-        parts = []
-        if self.obs_mode != "position":
-            parts.append(self.walls[self._ar[:, None], self.pos[:, None] + self._view])
+    def _observe_features(self, obs: np.ndarray, flat: np.ndarray) -> None:
+        v = self._view_size
+        if v:
+            obs[:, :v] = self._walls_flat[(self._tile_start + self.pos)[:, None] + self._view]
         if self.obs_mode != "view":
-            parts.append(self.positions() / (self.dims - 1))
-        parts += [self._eye_action[self.prev_action], self.prev_reward[:, None],
-                  (self.t * np.float32(1 / self.episode_steps))[:, None]]
-        return np.concatenate(parts, axis=1, dtype=np.float32)
+            np.divide(self.positions(), self.dims - 1, out=obs[:, v:v + 2])
 
     def oracle_actions(self) -> np.ndarray:
-        return np.argmin(self.dist[self._ar[:, None], self.pos[:, None] + self._moves], axis=1)
+        return np.argmin(self.dist[self.rows[:, None], self.pos[:, None] + self._moves], axis=1)
 
 
 class GridMazeEnv(CoreEnv):

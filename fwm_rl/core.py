@@ -7,6 +7,7 @@ a reset is a multiplication by ``1 - episode_starts[t]``.
 """
 from __future__ import annotations
 
+import math
 from typing import NamedTuple, Optional
 
 import torch
@@ -86,6 +87,8 @@ class MemoryCore(nn.Module):
             shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
             raise ValueError(f"{name}: x must be a tensor of shape [T, B, {self.input_size}], got {shape}")
         T, B, D = x.shape
+        if T == 0:
+            raise ValueError(f"{name}: x must hold at least one step (T >= 1), got shape {tuple(x.shape)}")
         if D != self.input_size:
             raise ValueError(f"{name}: x has {D} features, expected input_size={self.input_size} (x is [T, B, D])")
         if state is None:
@@ -133,3 +136,17 @@ def run_lstm(lstm: nn.LSTM, x: Tensor, h: Tensor, c: Tensor, episode_starts: Ten
         outputs.append(y)
     return torch.cat(outputs, dim=0), h, c
 
+
+def check_real(kind: str, name: str, value: float, low: float = -math.inf, high: float = math.inf) -> None:
+    """Raise ``ValueError`` unless ``value`` is a finite real number in ``[low, high]``."""
+    is_real = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not (is_real and math.isfinite(value) and low <= value <= high):
+        raise ValueError(f"{kind}: {name} must be a finite number in [{low}, {high}], got {value!r}")
+
+
+def hebbian_update(fast_weights: Tensor, u: Tensor, decay: float, lr: float) -> Tensor:
+    """The decaying outer-product write ``A ← decay·A + lr·u uᵀ`` of FW-RNN and FW-LSTM.
+
+    ``fast_weights [B, H, H]``, ``u [B, H]``; returns the new ``[B, H, H]``.
+    """
+    return torch.baddbmm(fast_weights, u.unsqueeze(2), u.unsqueeze(1), beta=decay, alpha=lr)

@@ -9,6 +9,10 @@ from fwm_rl.core import MemoryCore
 
 # kind -> "module:Class"; modules are imported on first use.
 CORE_CLASSES: dict[str, str] = {
+    "fwm": "fwm_rl.fwm:FWMCore",
+    "fwlstm": "fwm_rl.fwlstm:FWLSTMCore",
+    "fwrnn": "fwm_rl.fwrnn:FWRNNCore",
+    "lnlstm": "fwm_rl.fwlstm:LNLSTMCore",
     "lstm": "fwm_rl.lstm:LSTMCore",
     "mlp": "fwm_rl.mlp:MLPCore",
 }

@@ -288,6 +288,8 @@ def test_bad_call_arguments_raise_value_error_naming_expectation(name):
         core(x[0])
     with pytest.raises(ValueError, match="expected input_size=3"):
         core(torch.zeros(T, B, D + 1, dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"at least one step"):
+        core(x[:0])
     with pytest.raises(ValueError, match=r"episode_starts must have shape \[T, B\] = \[7, 3\]"):
         core(x, None, torch.zeros(T - 1, B, dtype=torch.bool))
     with pytest.raises(ValueError, match=r"episode_starts must have shape \[T, B\] = \[7, 3\]"):

@@ -57,8 +57,6 @@ class BatchedCore:
         self.layout_ids = [""] * n_rows
         self.lifetimes_begun = np.zeros(n_rows, dtype=np.int64)  # [B] for the sequential order
         self._clocks = np.zeros((2, n_rows), dtype=np.int64)  # both clocks tick in one call
-        self.t = self._clocks[0]  # [B] steps taken this lifetime
-        self.steps_since_goal = self._clocks[1]  # [B] steps in the current goal visit
         self.goals_reached = np.zeros(n_rows, dtype=np.int64)
         self.visit_shortest = np.ones(n_rows, dtype=np.int64)  # shortest path when the visit began
         self.shortest = np.ones(n_rows, dtype=np.int64)  # shortest_path() after the last step or reset
@@ -67,6 +65,20 @@ class BatchedCore:
         self.hit = np.zeros(n_rows, dtype=bool)  # [B] last step reached a goal
         self.exploit = np.zeros(n_rows)  # [B] exploit ratio of the visit that ended on the last step
         self.rows = np.arange(n_rows)  # [B] row numbers, for per-row table offsets
+        BatchedCore._link_views(self)
+
+    def _link_views(self) -> None:
+        """Create the attributes that are views of other arrays. Subclasses extend it for their flat tables.
+
+        Pickling (checkpoints, subprocess vec envs) copies a view into an array of its own, so
+        :meth:`__setstate__` calls this again to re-link them.
+        """
+        self.t = self._clocks[0]  # [B] steps taken this lifetime
+        self.steps_since_goal = self._clocks[1]  # [B] steps in the current goal visit
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._link_views()
 
     def _init_observation(self, n_features: int, reward_low: float, reward_high: float) -> None:
         """Observation = task features [F] in [0, 1], previous action one-hot with a "none" slot [a + 1], previous
@@ -143,7 +155,7 @@ class BatchedCore:
         self.hit = hit
         self.shortest = self.shortest_path()
         if restart.size:
-            self.exploit = self.steps_since_goal / self.visit_shortest  # read only where hit
+            self.exploit = self.steps_since_goal / np.maximum(self.visit_shortest, 1)  # read only where hit
             self.goals_reached += hit
             self.steps_since_goal[restart] = 0
             self.visit_shortest[restart] = self.shortest[restart]

@@ -67,8 +67,7 @@ class GraphNavCore(BatchedCore):
         self.next_node = np.zeros((n_rows, n * a), dtype=np.int64)
         self.edge_reward = np.zeros((n_rows, n * a), dtype=np.float32)
         self.dist = np.zeros((n_rows, n, n), dtype=np.int64)
-        self._next_flat, self._reward_flat = self.next_node.reshape(-1), self.edge_reward.reshape(-1)
-        self._dist_flat = self.dist.reshape(-1)
+        self._link_views()
         self._edge_start = self.rows * (n * a)  # [B] offset of each row in the flat (node, action) tables
         self._dist_start = self.rows * (n * n)
         self.goal = np.zeros(n_rows, dtype=np.int64)
@@ -76,6 +75,11 @@ class GraphNavCore(BatchedCore):
         self.timeout_at = np.zeros(n_rows, dtype=np.int64)
         self._init_observation(2 * n, -NO_EDGE_PENALTY, GOAL_REWARD)
         self._pos_slot = self._obs_start + n  # [B] flat index of each row's "node 0" slot
+
+    def _link_views(self) -> None:
+        super()._link_views()
+        self._next_flat, self._reward_flat = self.next_node.reshape(-1), self.edge_reward.reshape(-1)
+        self._dist_flat = self.dist.reshape(-1)
 
     def _tables(self, succ: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Graphs succ [G, n, a] -> (succ, next_node [G, n a], edge_reward [G, n a], dist [G, n, n])."""

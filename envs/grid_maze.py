@@ -97,8 +97,7 @@ class GridMazeCore(BatchedCore):
         self.walls = np.ones((n_rows, n_tiles), dtype=bool)
         self.next_tile = np.zeros((n_rows, 4 * n_tiles), dtype=np.int64)
         self.dist = np.zeros((n_rows, n_tiles), dtype=np.int64)
-        self._walls_flat, self._next_flat = self.walls.reshape(-1), self.next_tile.reshape(-1)
-        self._dist_flat = self.dist.reshape(-1)
+        self._link_views()
         self._tile_start = self.rows * n_tiles  # [B] offset of each row in the flat tile tables
         self._move_start = self.rows * (4 * n_tiles)
         self.floor_list = np.zeros((n_rows, n_tiles), dtype=np.int64)  # floor tiles first, ascending
@@ -112,6 +111,11 @@ class GridMazeCore(BatchedCore):
         self._init_observation(self._view_size + (0 if obs == "view" else 2), 0.0, GOAL_REWARD)
 
     # ------------------------------------------------------------------------------------------------ geometry
+    def _link_views(self) -> None:
+        super()._link_views()
+        self._walls_flat, self._next_flat = self.walls.reshape(-1), self.next_tile.reshape(-1)
+        self._dist_flat = self.dist.reshape(-1)
+
     def _fit(self, walls: np.ndarray) -> np.ndarray:
         """walls [h, w] -> [H, W] with walls filling the bottom/right remainder."""
         out = np.ones((self.height, self.width), dtype=bool)

@@ -1,0 +1,158 @@
+"""The fwm-rl command line without training: configs and --help, user errors, statistics, plots."""
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from fwm_rl.envs import EpisodeStats
+from fwm_rl.train.cli import build_parser, config_from_args, main
+from fwm_rl.train.config import TrainConfig, field_docs, load_config, shipped_configs
+from fwm_rl.train.evaluate import episode_quotas, normalised_score, summarize, t_critical_95
+from fwm_rl.train.io import MetricsLog
+from fwm_rl.train.plots import pick_metric, plot_runs
+
+SUBCOMMANDS = ("train", "evaluate", "watch", "plot", "demo")
+
+
+def run_main(argv: list[str], capsys) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    captured = capsys.readouterr()
+    return exit_info.value.code, captured.out, captured.err
+
+
+def test_train_help_shows_every_config_field_with_its_docstring_and_default(capsys):
+    code, out, _ = run_main(["train", "--help"], capsys)
+    flat = " ".join(out.split())
+    assert code == 0
+    defaults = TrainConfig().to_dict()
+    for name, doc in field_docs().items():
+        assert f"--{name.replace('_', '-')}" in flat
+        assert " ".join(doc.split()[:4]) in flat, name
+        assert f"[default: {defaults[name]}]" in flat, name
+    assert "--time-budget" in flat and "--resume" in flat and "graphnav-fwm" in flat
+
+
+@pytest.mark.parametrize("command", SUBCOMMANDS)
+def test_every_command_explains_its_options(command, capsys):
+    code, out, _ = run_main([command, "--help"], capsys)
+    assert code == 0 and "usage: fwm-rl " + command in out and "--" in out
+
+
+def test_shipped_configs_load_and_are_named_after_their_file():
+    configs = shipped_configs()
+    assert {"graphnav-fwm", "graphnav-lstm", "graphnav-mlp", "gridmaze-fwm", "gridmaze-lstm", "gridmaze-mlp"} <= set(configs)
+    for name, path in configs.items():
+        config = load_config(path)
+        assert config.experiment == name
+        assert set(yaml.safe_load(path.read_text())) <= set(TrainConfig().to_dict())
+
+
+def test_options_override_the_config_file_and_merge_into_its_dicts():
+    args = build_parser().parse_args(["train", "--config", "graphnav-fwm", "--n-envs", "8", "--learning-rate", "3e-4",
+                                      "--core-kwargs", "memory_size=8", "--time-budget", "60", "--eval-split", "none"])
+    config = config_from_args(args)
+    shipped = load_config(shipped_configs()["graphnav-fwm"])
+    assert config.n_envs == 8 and config.learning_rate == 3e-4 and config.time_budget == 60.0
+    assert config.eval_split is None
+    assert config.core_kwargs == {**shipped.core_kwargs, "memory_size": 8}
+    assert config.hidden_size == shipped.hidden_size and config.core == "fwm"
+
+
+def test_a_config_file_replaces_the_default_dicts(tmp_path):
+    path = tmp_path / "mine.yaml"
+    path.write_text("experiment: mine\nenv_kwargs: {split: procedural}\ntotal_timesteps: 1e6\n")
+    config = load_config(path)
+    assert config.env_kwargs == {"split": "procedural"} and config.total_timesteps == 1_000_000
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "--config", "no-such-config"], "unknown config 'no-such-config'"),
+    (["train", "--config", "missing.yaml"], "config file not found: missing.yaml"),
+    (["train", "--algo", "dqn"], "algo must be one of ppo, a2c"),
+    (["train", "--n-envs", "0"], "n_envs must be >= 1"),
+    (["train", "--env-kwargs", "split"], "expected KEY=VALUE"),
+    (["train", "--resume", "nowhere"], "no config.yaml"),
+    (["evaluate", "nowhere"], "no such run directory or model file"),
+    (["watch", "nowhere", "--out", "x.png"], "--out must end in .gif"),
+    (["plot", "nowhere"], "no metrics.csv"),
+])
+def test_user_errors_are_one_line_and_a_nonzero_exit(argv, message, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run_main(argv, capsys)
+    assert code == 1
+    assert err.count("\n") == 1 and err.startswith("fwm-rl: error: ") and message in err
+
+
+def test_unknown_config_key_names_the_key_and_the_file(tmp_path, capsys):
+    path = tmp_path / "typo.yaml"
+    path.write_text("experiment: typo\nlearnig_rate: 0.1\n")
+    code, _, err = run_main(["train", "--config", str(path)], capsys)
+    assert code == 1 and "'learnig_rate'" in err and str(path) in err
+
+
+def test_python_m_fwm_rl_reports_an_unknown_env_id_without_a_traceback(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "fwm_rl", "train", "--env-id", "FWM/GraphNaw-v0",
+                             "--runs-dir", str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines() == [
+        "fwm-rl: error: unknown env id 'FWM/GraphNaw-v0'; did you mean FWM/GraphNav-v0? "
+        "(fwm-rl environments: FWM/GraphNav-v0, FWM/GridMaze-v0)"]
+
+
+@pytest.mark.parametrize("df, table", [(1, 12.7062), (2, 4.3027), (3, 3.1824), (5, 2.5706), (10, 2.2281),
+                                       (30, 2.0423), (100, 1.9840), (1000, 1.9623)])
+def test_t_critical_value_matches_the_student_t_table(df, table):
+    assert t_critical_95(df) == pytest.approx(table, abs=1e-3)
+
+
+def test_summary_statistics_match_a_hand_computation():
+    episodes = [EpisodeStats(10.0, 2, 4, [1.0]), EpisodeStats(20.0, 3, 2, [2.0, 3.0]), EpisodeStats(-0.5, 0, None, [])]
+    summary = summarize(episodes)
+    returns = [10.0, 20.0, -0.5]
+    mean = sum(returns) / 3
+    sd = math.sqrt(sum((r - mean) ** 2 for r in returns) / 2)
+    assert summary["return_mean"] == pytest.approx(mean)
+    assert summary["return_ci95"] == pytest.approx(4.302652730 * sd / math.sqrt(3))
+    assert summary["goals"] == pytest.approx(5 / 3)
+    assert summary["steps_to_first_goal"] == pytest.approx(3.0) and summary["first_goal_rate"] == pytest.approx(2 / 3)
+    assert summary["exploit_ratio"] == pytest.approx(2.0)  # pooled over goal visits, not averaged per episode
+    assert math.isnan(summarize([EpisodeStats(1.0, 0, None, [])])["exploit_ratio"])
+
+
+def test_normalised_score_is_zero_for_random_and_one_for_oracle():
+    assert normalised_score(45.0, 45.0, 167.0) == 0.0
+    assert normalised_score(167.0, 45.0, 167.0) == 1.0
+    assert normalised_score(106.0, 45.0, 167.0) == pytest.approx(0.5)
+
+
+def test_episode_quotas_play_layouts_i_i_plus_n_up_to_the_total():
+    quotas = episode_quotas(10, 4)
+    layouts = sorted(i + k * 4 for i in range(4) for k in range(quotas[i]))
+    assert quotas.tolist() == [3, 3, 2, 2] and layouts == list(range(10))
+
+
+def test_plot_draws_rl_and_supervised_runs_in_one_png(tmp_path):
+    rl_run, supervised_run = tmp_path / "rl", tmp_path / "sup"
+    rl_log, supervised_log = MetricsLog(rl_run), MetricsLog(supervised_run)
+    for step in range(0, 500, 100):
+        rl_log.append(step, **{"train/return": 40 + step / 10, "time/fps": 100})
+        rl_log.append(step, **{"test/return": 41 + step / 20})
+        supervised_log.append(step, **{"train/accuracy": step / 500})
+        supervised_log.append(step, **{"val/accuracy": step / 600})
+    out = plot_runs([rl_run, supervised_run], tmp_path / "curves.png", metric="accuracy")
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 10_000
+    assert pick_metric([["step", "train/return", "test/return"], ["step", "val/accuracy"]]) == "return"
+    assert pick_metric([["step", "train/loss", "val/accuracy"]]) == "accuracy"
+
+
+def test_plot_names_the_missing_metric(tmp_path, capsys):
+    MetricsLog(tmp_path / "run").append(0, **{"train/return": 1.0})
+    code, _, err = run_main(["plot", str(tmp_path / "run"), "--metric", "accuracy", "--out",
+                             str(tmp_path / "x.png")], capsys)
+    assert code == 1 and "no run logs 'accuracy'" in err

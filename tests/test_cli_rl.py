@@ -1,0 +1,207 @@
+"""fwm-rl train / evaluate / watch / demo on tiny real runs: exact resume, Ctrl-C, time budget, references."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from fwm_rl.envs import run_reference
+from fwm_rl.train import rl
+from fwm_rl.train.cli import main
+from fwm_rl.train.config import TrainConfig
+from fwm_rl.train.demo import run_demo
+from fwm_rl.train.errors import UserError
+from fwm_rl.train.evaluate import evaluate, run_episodes
+from fwm_rl.train.runs import heldout_env_kwargs, load_agent, make_env
+from fwm_rl.train.watch import watch
+
+# 4 envs x 10 steps per update: episodes (30 steps) cross update boundaries, so checkpoints fall mid-episode and a
+# resume must restore the recurrent state, the env and the episodes in progress.
+TINY = dict(experiment="tiny", n_envs=4, n_steps=10, hidden_size=8, core_kwargs={"memory_size": 4}, batch_size=20,
+            n_epochs=2, total_timesteps=400, eval_episodes=8, eval_freq=80, checkpoint_freq=40, keep_checkpoints=20,
+            threads=1)
+
+
+def parameters(model_path: Path) -> dict[str, torch.Tensor]:
+    return load_agent(model_path, "ppo").policy.state_dict()
+
+
+def assert_same_parameters(path_a: Path, path_b: Path) -> None:
+    a, b = parameters(path_a), parameters(path_b)
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def metrics_without_timing(run_dir: Path) -> list[dict[str, str]]:
+    with (run_dir / "metrics.csv").open(newline="") as f:
+        return [{k: v for k, v in row.items() if not k.startswith("time/")} for row in csv.DictReader(f)]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory) -> Path:
+    """An uninterrupted tiny run, every checkpoint kept."""
+    run_dir = tmp_path_factory.mktemp("runs") / "tiny"
+    result = rl.train(TrainConfig(**TINY), run_dir=run_dir, progress_bar=False, quiet=True)
+    assert result.stopped is None and result.num_timesteps == 400
+    return run_dir
+
+
+def test_a_run_directory_holds_config_models_checkpoints_metrics_and_logs(tiny_run):
+    for name in ("config.yaml", "model.zip", "best_model.zip", "metrics.csv", "metrics.jsonl", "references.json",
+                 "log.txt"):
+        assert (tiny_run / name).is_file(), name
+    assert any((tiny_run / "tb").iterdir())
+    assert [p.name for p in sorted((tiny_run / "checkpoints").glob("*.ckpt"))][-1] == "step_000000000400.ckpt"
+    rows = metrics_without_timing(tiny_run)
+    assert [int(r["step"]) for r in rows if r["test/return"]] == [0, 80, 160, 240, 320, 400]
+    assert [int(r["step"]) for r in rows if r["train/return"]] == [120, 240, 360]  # 30-step episodes end there
+
+
+def test_resuming_from_a_mid_episode_checkpoint_reproduces_the_uninterrupted_run(tiny_run, tmp_path):
+    resumed = tmp_path / "resumed"
+    shutil.copytree(tiny_run, resumed)
+    for checkpoint in sorted((resumed / "checkpoints").glob("*.ckpt"))[3:]:  # keep 40, 80, 120: a "kill" at 120+
+        checkpoint.unlink()
+    (resumed / "model.zip").unlink()
+    result = rl.resume(resumed, progress_bar=False, quiet=True)
+    assert result.num_timesteps == 400
+    assert_same_parameters(tiny_run / "model.zip", resumed / "model.zip")
+    assert metrics_without_timing(resumed) == metrics_without_timing(tiny_run)
+
+
+def test_ctrl_c_saves_then_resume_reaches_the_uninterrupted_result(tiny_run, tmp_path):
+    run_dir = tmp_path / "interrupted"
+    argv = [sys.executable, "-m", "fwm_rl", "train", "--run-dir", str(run_dir), "--no-progress-bar"]
+    for key, value in TINY.items():
+        pairs = [f"{k}={v}" for k, v in value.items()] if isinstance(value, dict) else [str(value)]
+        argv += [f"--{key.replace('_', '-')}", *pairs]
+    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    deadline = time.monotonic() + 120
+    while not list((run_dir / "checkpoints").glob("*.ckpt")) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err
+    assert "Traceback" not in err
+    assert f"Continue with: fwm-rl train --resume {run_dir}" in out
+    stopped_at = int(sorted((run_dir / "checkpoints").glob("*.ckpt"))[-1].stem.split("_")[1])
+    assert stopped_at < 400 and (run_dir / "model.zip").exists()
+    rl.resume(run_dir, progress_bar=False, quiet=True)
+    assert_same_parameters(tiny_run / "model.zip", run_dir / "model.zip")
+
+
+@pytest.mark.parametrize("env_id, env_kwargs", [("FWM/GraphNav-v0", {"split": "train"}),
+                                                ("FWM/GridMaze-v0", {"size": 3, "split": "train"})])
+def test_vector_env_state_survives_the_checkpoint_pickle(env_id, env_kwargs):
+    """Checkpoints pickle the whole training env; the copy must step exactly like the original (no state lost,
+    e.g. arrays that are views of one another must stay views), across lifetime ends."""
+    import cloudpickle
+    import numpy as np
+
+    original = make_env(env_id, 4, seed=0, **env_kwargs)
+    original.reset()
+    actions = np.random.default_rng(0).integers(original.action_space.n, size=(120, 4))
+    for step_actions in actions[:17]:
+        original.step(step_actions)
+    copy = cloudpickle.loads(cloudpickle.dumps(original))
+    for step_actions in actions[17:]:
+        obs_a, rewards_a, dones_a, _ = original.step(step_actions)
+        obs_b, rewards_b, dones_b, _ = copy.step(step_actions)
+        np.testing.assert_array_equal(obs_a, obs_b)
+        np.testing.assert_array_equal(rewards_a, rewards_b)
+        np.testing.assert_array_equal(dones_a, dones_b)
+
+
+def test_time_budget_stops_at_an_update_boundary_with_model_and_checkpoint(tmp_path):
+    config = TrainConfig(**{**TINY, "time_budget": 1e-6, "eval_split": None})
+    result = rl.train(config, run_dir=tmp_path / "budget", progress_bar=False, quiet=True)
+    assert result.stopped == "time budget" and result.num_timesteps % 40 == 0 and result.num_timesteps < 400
+    assert (tmp_path / "budget" / "model.zip").exists()
+    assert (tmp_path / "budget" / "checkpoints" / f"step_{result.num_timesteps:012d}.ckpt").exists()
+
+
+def test_resume_refuses_a_corrupt_checkpoint_with_its_name(tiny_run, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_run, broken)
+    latest = sorted((broken / "checkpoints").glob("*.ckpt"))[-1]
+    latest.write_bytes(latest.read_bytes()[:1000])
+    with pytest.raises(UserError, match=f"checkpoint {latest} is corrupt"):
+        rl.resume(broken, overrides={"total_timesteps": 800}, progress_bar=False, quiet=True)
+
+
+def test_resume_keeps_the_config_except_budget_fields(tiny_run):
+    with pytest.raises(UserError, match="only total_timesteps, time_budget, device, threads may change"):
+        rl.resume(tiny_run, overrides={"learning_rate": 0.1}, progress_bar=False, quiet=True)
+
+
+def test_existing_run_directory_is_not_overwritten_by_accident(tiny_run):
+    with pytest.raises(UserError, match="already exists"):
+        rl.train(TrainConfig(**TINY), run_dir=tiny_run, progress_bar=False, quiet=True)
+
+
+def test_evaluation_plays_the_same_layouts_as_the_references(tiny_run):
+    env_kwargs = heldout_env_kwargs({"split": "train"}, split="test")
+    agent = load_agent(tiny_run / "model.zip", "ppo")
+    played = run_episodes(agent, make_env("FWM/GraphNav-v0", 4, seed=0, **env_kwargs), n_episodes=10, seed=0)
+    oracle = run_reference("FWM/GraphNav-v0", "oracle", n_episodes=10, seed=0, n_envs=4, **env_kwargs)
+    assert [e.layout_id for e in played] == [e.layout_id for e in oracle]
+    assert len(set(e.layout_id for e in played)) == 10
+
+
+def test_evaluate_json_scores_the_agent_between_random_and_oracle(tiny_run, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["evaluate", str(tiny_run), "--episodes", "12", "--json"])
+    assert exit_info.value.code == 0
+    report = json.loads(capsys.readouterr().out)
+    rows = report["rows"]
+    assert list(rows) == ["random", "oracle", "tiny"]
+    assert rows["oracle"]["return_mean"] > rows["random"]["return_mean"]
+    random_mean, oracle_mean = rows["random"]["return_mean"], rows["oracle"]["return_mean"]
+    assert rows["tiny"]["score"] == pytest.approx((rows["tiny"]["return_mean"] - random_mean) / (oracle_mean - random_mean))
+    assert report["env_kwargs"] == {"split": "test", "layout_order": "sequential"}
+    again = evaluate(tiny_run, episodes=12, with_references=False)["rows"]["tiny"]
+    assert again["return_mean"] == rows["tiny"]["return_mean"]  # seeded: the same episodes and actions
+
+
+def test_watch_writes_one_gif_frame_per_step(tiny_run, tmp_path):
+    from PIL import Image
+
+    result = watch(tiny_run, tmp_path / "episode.gif")
+    with Image.open(tmp_path / "episode.gif") as gif:
+        assert gif.n_frames == result["frames"] == 31  # the start and 30 steps
+    assert result["caption"].startswith("step 30")
+
+
+def test_gridmaze_run_evaluates_on_user_drawn_layouts(tmp_path, capsys):
+    layouts = tmp_path / "mine.txt"
+    layouts.write_text("; two hand-drawn mazes\n#######\n#.....#\n#.###.#\n#...#G#\n#######\n\n"
+                       "#####\n#S..#\n#.#.#\n#...#\n#####\n")
+    config = TrainConfig(**{**TINY, "experiment": "maze", "env_id": "FWM/GridMaze-v0",
+                            "env_kwargs": {"size": 3, "obs": "both", "split": "train"}, "eval_split": "val",
+                            "total_timesteps": 80, "eval_freq": 80})
+    rl.train(config, run_dir=tmp_path / "maze", progress_bar=False, quiet=True)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["evaluate", str(tmp_path / "maze"), "--layouts", str(layouts), "--episodes", "4", "--json"])
+    assert exit_info.value.code == 0
+    rows = json.loads(capsys.readouterr().out)["rows"]
+    assert rows["random"]["episodes"] == rows["oracle"]["episodes"] == rows["maze"]["episodes"] == 4
+    assert rows["oracle"]["exploit_ratio"] == 1.0
+
+
+def test_demo_quick_trains_fwm_and_lstm_evaluates_and_plots(tmp_path, capsys):
+    result = run_demo(tmp_path / "demo", quick=True)
+    assert list(result["rows"]) == ["random", "oracle", "demo-fwm", "demo-lstm"]
+    assert result["curves"].read_bytes()[:4] == b"\x89PNG"
+    out = capsys.readouterr().out
+    assert "demo wall time" in out and "oracle" in out

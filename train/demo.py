@@ -1,0 +1,51 @@
+"""``fwm-rl demo`` (``make demo``): a few CPU minutes of FWM and of LSTM on GraphNav, both evaluated on the 600 test
+graphs beside the random and oracle references, the table printed and the learning curves drawn."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+from fwm_rl.train import rl
+from fwm_rl.train.config import find_config, load_config, make_config
+from fwm_rl.train.evaluate import add_scores, evaluate, format_table
+from fwm_rl.train.plots import plot_runs
+
+DEFAULT_MINUTES = 5.0
+# name -> (shipped config, share of the FWM agent's minutes)
+DEMO_RUNS = {"fwm": ("graphnav-fwm", 1.0), "lstm": ("graphnav-lstm", 1 / 3)}
+TEST_EPISODES = 600
+# --quick: seconds of training on a few envs, to check that every stage runs (used by the tests).
+QUICK_OVERRIDES: dict[str, Any] = {"n_envs": 8, "total_timesteps": 8 * 30 * 3, "eval_episodes": 16,
+                                   "eval_freq": 8 * 30 * 2, "checkpoint_freq": 8 * 30 * 2, "batch_size": None,
+                                   "time_budget": None}
+QUICK_TEST_EPISODES = 16
+
+
+def run_demo(out_dir: Path, quick: bool = False, minutes: Optional[float] = None) -> dict[str, Any]:
+    """Train, evaluate and plot; return the evaluation rows and the paths written."""
+    start = time.monotonic()
+    minutes = DEFAULT_MINUTES if minutes is None else minutes
+    run_dirs = []
+    for name, (config_name, share) in DEMO_RUNS.items():
+        overrides = dict(QUICK_OVERRIDES) if quick else {"total_timesteps": 10**10, "time_budget": minutes * share}
+        overrides["experiment"] = f"demo-{name}"
+        config = make_config(overrides, source="demo", base=load_config(find_config(config_name)))
+        budget = "a few steps" if quick else f"{config.time_budget:.1f} min"
+        print(f"== training {name} ({config_name}: {config.core} core, hidden {config.hidden_size}) for {budget}",
+              flush=True)
+        run_dirs.append(rl.train(config, run_dir=out_dir / name, overwrite=True, progress_bar=not quick).run_dir)
+
+    episodes = QUICK_TEST_EPISODES if quick else TEST_EPISODES
+    print(f"== evaluating on {episodes} test graphs", flush=True)
+    rows: dict[str, dict] = {}
+    for index, run_dir in enumerate(run_dirs):
+        report = evaluate(run_dir, split="test", episodes=episodes, with_references=index == 0)
+        rows.update(report["rows"])
+    add_scores(rows, rows)
+    curves = plot_runs(run_dirs, out_dir / "learning_curves.png", metric="return",
+                       title="GraphNav: train (dotted) and test (solid) return")
+    print(format_table(rows))
+    print(f"learning curves: {curves}")
+    print(f"demo wall time: {(time.monotonic() - start) / 60:.1f} min")
+    return {"rows": rows, "run_dirs": run_dirs, "curves": curves}

@@ -1,0 +1,329 @@
+"""RecurrentPPO with whole-trajectory minibatches: sb3-contrib's API, without its per-timestep training loop.
+
+sb3-contrib's ``RecurrentPPO`` stores the LSTM state at every step and trains on padded sequence chunks, looping over
+time in Python whenever an episode starts inside a chunk. This subclass keeps its public API (constructor, ``learn``,
+``predict``, ``save``/``load``, logged keys) and changes the data path: the policy's native core states, a
+:class:`~fwm_rl.agents.buffers.TrajectoryRolloutBuffer` that stores them once per rollout, minibatches of whole
+env-trajectories ``[n_steps, B_mb]`` run through the core in one call, and a batched timeout bootstrap.
+"""
+from __future__ import annotations
+
+from typing import Any, ClassVar, Optional, TypeVar, Union
+
+import numpy as np
+import torch as th
+from gymnasium import spaces
+from sb3_contrib import RecurrentPPO as SB3ContribRecurrentPPO
+from stable_baselines3.common.buffers import RolloutBuffer
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.policies import BasePolicy
+from stable_baselines3.common.type_aliases import GymEnv, Schedule
+from stable_baselines3.common.utils import FloatSchedule, explained_variance, obs_as_tensor
+from stable_baselines3.common.vec_env import VecEnv
+from torch import Tensor
+from torch.nn import functional as F
+
+from fwm_rl.agents.buffers import TrajectoryBatch, TrajectoryDictRolloutBuffer, TrajectoryRolloutBuffer
+from fwm_rl.agents.policies import FWMPolicy, LSTMPolicy, MultiInputFWMPolicy, MultiInputLSTMPolicy
+from fwm_rl.agents.state import select_rows
+
+SelfRecurrentPPO = TypeVar("SelfRecurrentPPO", bound="RecurrentPPO")
+
+
+class RecurrentPPO(SB3ContribRecurrentPPO):
+    """PPO (clip) for recurrent policies with any ``fwm_rl`` core, trained on whole env-trajectories.
+
+    Same arguments as ``sb3_contrib.RecurrentPPO`` plus ``timeout_bootstrap``, with these differences:
+
+    * ``batch_size`` counts transitions as in SB3, but a minibatch holds whole env-trajectories, so it must be a
+      multiple of ``n_steps`` (``batch_size / n_steps`` envs per minibatch); the default, ``None``, puts all envs in
+      one minibatch;
+    * training starts each trajectory from the state stored at the rollout start and replays the rollout's episode
+      resets inside the core (full BPTT over ``n_steps``), so on the first epoch the recomputed log-probs equal the
+      collected ones;
+    * the policy must be an :class:`~fwm_rl.agents.FWMPolicy` (aliases "MlpFwmPolicy", "MultiInputFwmPolicy",
+      "MlpLstmPolicy", "MultiInputLstmPolicy"); sb3-contrib's own ``MlpLstmPolicy`` runs with
+      ``sb3_contrib.RecurrentPPO``.
+
+    :param timeout_bootstrap: on truncation (``TimeLimit.truncated``) add ``gamma * V(terminal observation)`` to the
+        reward, as SB3 does; False treats truncation as termination (the FWM paper's Monte-Carlo returns)
+
+    See ``sb3_contrib.RecurrentPPO`` for the other parameters.
+    """
+
+    policy: FWMPolicy
+    rollout_buffer: Union[TrajectoryRolloutBuffer, TrajectoryDictRolloutBuffer]
+    policy_aliases: ClassVar[dict[str, type[BasePolicy]]] = {
+        "MlpFwmPolicy": FWMPolicy,
+        "MultiInputFwmPolicy": MultiInputFWMPolicy,
+        "MlpLstmPolicy": LSTMPolicy,
+        "MultiInputLstmPolicy": MultiInputLSTMPolicy,
+    }
+
+    def __init__(
+        self,
+        policy: Union[str, type[FWMPolicy]],
+        env: Union[GymEnv, str],
+        learning_rate: Union[float, Schedule] = 3e-4,
+        n_steps: int = 128,
+        batch_size: Optional[int] = None,
+        n_epochs: int = 10,
+        gamma: float = 0.99,
+        gae_lambda: float = 0.95,
+        clip_range: Union[float, Schedule] = 0.2,
+        clip_range_vf: Union[None, float, Schedule] = None,
+        normalize_advantage: bool = True,
+        ent_coef: float = 0.0,
+        vf_coef: float = 0.5,
+        max_grad_norm: float = 0.5,
+        use_sde: bool = False,
+        sde_sample_freq: int = -1,
+        target_kl: Optional[float] = None,
+        timeout_bootstrap: bool = True,
+        stats_window_size: int = 100,
+        tensorboard_log: Optional[str] = None,
+        policy_kwargs: Optional[dict[str, Any]] = None,
+        verbose: int = 0,
+        seed: Optional[int] = None,
+        device: Union[th.device, str] = "auto",
+        _init_setup_model: bool = True,
+    ) -> None:
+        super().__init__(
+            policy,
+            env,
+            learning_rate=learning_rate,
+            n_steps=n_steps,
+            batch_size=batch_size,
+            n_epochs=n_epochs,
+            gamma=gamma,
+            gae_lambda=gae_lambda,
+            clip_range=clip_range,
+            clip_range_vf=clip_range_vf,
+            normalize_advantage=normalize_advantage,
+            ent_coef=ent_coef,
+            vf_coef=vf_coef,
+            max_grad_norm=max_grad_norm,
+            use_sde=use_sde,
+            sde_sample_freq=sde_sample_freq,
+            target_kl=target_kl,
+            stats_window_size=stats_window_size,
+            tensorboard_log=tensorboard_log,
+            policy_kwargs=policy_kwargs,
+            verbose=verbose,
+            seed=seed,
+            device=device,
+            _init_setup_model=False,
+        )
+        self.timeout_bootstrap = timeout_bootstrap
+        if _init_setup_model:
+            self._setup_model()
+
+    def _envs_per_batch(self) -> Optional[int]:
+        """Envs per minibatch from ``batch_size`` (None: all); ``ValueError`` unless a positive multiple of n_steps."""
+        if self.batch_size is None:
+            return None
+        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size <= 0:
+            raise ValueError(
+                f"{type(self).__name__}: batch_size must be a positive integer or None, got {self.batch_size!r}"
+            )
+        if self.batch_size % self.n_steps != 0:
+            raise ValueError(
+                f"{type(self).__name__}: batch_size={self.batch_size} must be a multiple of n_steps={self.n_steps}: a "
+                f"minibatch holds whole env-trajectories of n_steps steps (or pass batch_size=None for one minibatch)"
+            )
+        return min(self.batch_size // self.n_steps, self.n_envs)
+
+    def _setup_model(self) -> None:
+        self._setup_lr_schedule()
+        self.set_random_seed(self.seed)
+        if not (isinstance(self.policy_class, type) and issubclass(self.policy_class, FWMPolicy)):
+            raise ValueError(
+                f"{type(self).__name__} needs an FWMPolicy (or one of {sorted(self.policy_aliases)}), got "
+                f"{self.policy_class!r}; sb3-contrib's own policies run with sb3_contrib.RecurrentPPO"
+            )
+        self._envs_per_batch()
+        self.policy = self.policy_class(  # type: ignore[assignment]
+            self.observation_space, self.action_space, self.lr_schedule, use_sde=self.use_sde, **self.policy_kwargs
+        )
+        self.policy = self.policy.to(self.device)
+        buffer_class = (
+            TrajectoryDictRolloutBuffer if isinstance(self.observation_space, spaces.Dict) else TrajectoryRolloutBuffer
+        )
+        self.rollout_buffer = buffer_class(
+            self.n_steps,
+            self.observation_space,
+            self.action_space,
+            device=self.device,
+            gamma=self.gamma,
+            gae_lambda=self.gae_lambda,
+            n_envs=self.n_envs,
+        )
+        self._last_lstm_states = self.policy.initial_state(self.n_envs)
+        self.clip_range = FloatSchedule(self.clip_range)
+        if self.clip_range_vf is not None:
+            if isinstance(self.clip_range_vf, (float, int)) and self.clip_range_vf <= 0:
+                raise ValueError(f"clip_range_vf must be positive (None disables it), got {self.clip_range_vf}")
+            self.clip_range_vf = FloatSchedule(self.clip_range_vf)
+
+    def _obs_to_time_major(self, obs: Union[np.ndarray, dict[str, np.ndarray]]) -> Any:
+        """A vec-env observation ``[B, ...]`` -> a tensor ``[1, B, ...]`` (or a dict of those)."""
+        tensor = obs_as_tensor(obs, self.device)
+        return {k: v.unsqueeze(0) for k, v in tensor.items()} if isinstance(tensor, dict) else tensor.unsqueeze(0)
+
+    def _truncation_values(self, infos: list[dict[str, Any]], dones: np.ndarray, states: Any) -> np.ndarray:
+        """``gamma * V(terminal observation)`` for envs truncated on this step (0 elsewhere), in one batched call."""
+        bonus = np.zeros(len(dones), dtype=np.float32)
+        envs = [
+            i
+            for i, done in enumerate(dones)
+            if done and infos[i].get("terminal_observation") is not None and infos[i].get("TimeLimit.truncated", False)
+        ]
+        if not envs:
+            return bonus
+        terminal = [infos[i]["terminal_observation"] for i in envs]
+        if isinstance(terminal[0], dict):
+            stacked: Any = {key: np.stack([o[key] for o in terminal]) for key in terminal[0]}
+        else:
+            stacked = np.stack(terminal)
+        with th.no_grad():
+            values = self.policy.predict_values_sequences(
+                self._obs_to_time_major(stacked),
+                select_rows(states, th.as_tensor(envs, device=self.device)),
+                th.zeros(1, len(envs), device=self.device),
+            )  # [1, len(envs)]
+        bonus[envs] = self.gamma * values[0].cpu().numpy()
+        return bonus
+
+    def collect_rollouts(
+        self, env: VecEnv, callback: BaseCallback, rollout_buffer: RolloutBuffer, n_rollout_steps: int
+    ) -> bool:
+        """Fill ``rollout_buffer`` with ``n_rollout_steps`` steps per env; the state is stored once, at the start."""
+        assert isinstance(rollout_buffer, (TrajectoryRolloutBuffer, TrajectoryDictRolloutBuffer))
+        assert self._last_obs is not None, "No previous observation was provided"
+        self.policy.set_training_mode(False)
+        n_steps = 0
+        rollout_buffer.reset()
+        rollout_buffer.initial_state = self._last_lstm_states
+        if self.use_sde:
+            self.policy.reset_noise(env.num_envs)
+        callback.on_rollout_start()
+        states = self._last_lstm_states
+        while n_steps < n_rollout_steps:
+            if self.use_sde and self.sde_sample_freq > 0 and n_steps % self.sde_sample_freq == 0:
+                self.policy.reset_noise(env.num_envs)
+            with th.no_grad():
+                obs_tensor = self._obs_to_time_major(self._last_obs)
+                episode_starts = th.as_tensor(self._last_episode_starts, dtype=th.float32, device=self.device)
+                actions, values, log_probs, states = self.policy.forward_sequences(
+                    obs_tensor, states, episode_starts.unsqueeze(0)
+                )
+            actions = actions[0].cpu().numpy()
+            clipped_actions = actions
+            if isinstance(self.action_space, spaces.Box):
+                clipped_actions = np.clip(actions, self.action_space.low, self.action_space.high)
+            new_obs, rewards, dones, infos = env.step(clipped_actions)
+            self.num_timesteps += env.num_envs
+            callback.update_locals(locals())
+            if not callback.on_step():
+                return False
+            self._update_info_buffer(infos, dones)
+            n_steps += 1
+            if isinstance(self.action_space, spaces.Discrete):
+                actions = actions.reshape(-1, 1)
+            if self.timeout_bootstrap:
+                rewards = rewards + self._truncation_values(infos, dones, states)
+            rollout_buffer.add(
+                self._last_obs, actions, rewards, self._last_episode_starts, values[0], log_probs[0]  # type: ignore
+            )
+            self._last_obs = new_obs  # type: ignore[assignment]
+            self._last_episode_starts = dones
+            self._last_lstm_states = states
+        with th.no_grad():
+            episode_starts = th.as_tensor(dones, dtype=th.float32, device=self.device)
+            last_values = self.policy.predict_values_sequences(
+                self._obs_to_time_major(new_obs), states, episode_starts.unsqueeze(0)
+            )[0]
+        rollout_buffer.compute_returns_and_advantage(last_values=last_values, dones=dones)
+        callback.update_locals(locals())
+        callback.on_rollout_end()
+        return True
+
+    def _evaluate(self, batch: TrajectoryBatch) -> tuple[Tensor, Tensor, Tensor]:
+        """Values, log-probs ``[T, B]`` and the entropy loss of ``batch`` under the current policy."""
+        values, log_prob, entropy = self.policy.evaluate_sequences(
+            batch.observations, batch.actions, batch.initial_state, batch.episode_starts
+        )
+        # Without an analytical entropy, -log_prob estimates it.
+        entropy_loss = th.mean(log_prob) if entropy is None else -th.mean(entropy)
+        return values, log_prob, entropy_loss
+
+    def _gradient_step(self, loss: Tensor) -> None:
+        self.policy.optimizer.zero_grad()
+        loss.backward()
+        th.nn.utils.clip_grad_norm_(self.policy.parameters(), self.max_grad_norm)
+        self.policy.optimizer.step()
+
+    def _record_common(self) -> None:
+        """Log the keys every on-policy algorithm logs after an update."""
+        buffer = self.rollout_buffer
+        explained_var = explained_variance(buffer.values.flatten(), buffer.returns.flatten())
+        self.logger.record("train/explained_variance", explained_var)
+        if hasattr(self.policy, "log_std"):
+            self.logger.record("train/std", th.exp(self.policy.log_std).mean().item())
+        self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")
+
+    def train(self) -> None:
+        """``n_epochs`` passes of clipped PPO over minibatches of whole env-trajectories."""
+        self.policy.set_training_mode(True)
+        self._update_learning_rate(self.policy.optimizer)
+        clip_range = self.clip_range(self._current_progress_remaining)  # type: ignore[operator]
+        clip_range_vf = (
+            None if self.clip_range_vf is None else self.clip_range_vf(self._current_progress_remaining)  # type: ignore
+        )
+        entropy_losses, pg_losses, value_losses, clip_fractions, approx_kl_divs = [], [], [], [], []
+        continue_training = True
+        for epoch in range(self.n_epochs):
+            approx_kl_divs = []
+            for batch in self.rollout_buffer.get(self._envs_per_batch()):
+                values, log_prob, entropy_loss = self._evaluate(batch)
+                advantages = batch.advantages
+                if self.normalize_advantage and advantages.numel() > 1:
+                    advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+                ratio = th.exp(log_prob - batch.old_log_prob)
+                clipped_ratio = th.clamp(ratio, 1 - clip_range, 1 + clip_range)
+                policy_loss = -th.min(advantages * ratio, advantages * clipped_ratio).mean()
+                if clip_range_vf is None:
+                    values_pred = values
+                else:
+                    values_pred = batch.old_values + th.clamp(values - batch.old_values, -clip_range_vf, clip_range_vf)
+                value_loss = F.mse_loss(batch.returns, values_pred)
+                loss = policy_loss + self.ent_coef * entropy_loss + self.vf_coef * value_loss
+
+                pg_losses.append(policy_loss.item())
+                value_losses.append(value_loss.item())
+                entropy_losses.append(entropy_loss.item())
+                clip_fractions.append(th.mean((th.abs(ratio - 1) > clip_range).float()).item())
+                with th.no_grad():
+                    log_ratio = log_prob - batch.old_log_prob
+                    approx_kl_div = th.mean((th.exp(log_ratio) - 1) - log_ratio).item()
+                approx_kl_divs.append(approx_kl_div)
+                if self.target_kl is not None and approx_kl_div > 1.5 * self.target_kl:
+                    continue_training = False
+                    if self.verbose >= 1:
+                        print(f"Early stopping at step {epoch} due to reaching max kl: {approx_kl_div:.2f}")
+                    break
+                self._gradient_step(loss)
+            self._n_updates += 1
+            if not continue_training:
+                break
+
+        self._record_common()
+        self.logger.record("train/entropy_loss", np.mean(entropy_losses))
+        self.logger.record("train/policy_gradient_loss", np.mean(pg_losses))
+        self.logger.record("train/value_loss", np.mean(value_losses))
+        self.logger.record("train/approx_kl", np.mean(approx_kl_divs))
+        self.logger.record("train/clip_fraction", np.mean(clip_fractions))
+        self.logger.record("train/loss", loss.item())
+        self.logger.record("train/clip_range", clip_range)
+        if clip_range_vf is not None:
+            self.logger.record("train/clip_range_vf", clip_range_vf)

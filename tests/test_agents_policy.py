@@ -1,0 +1,308 @@
+"""FWMPolicy: state packing, the native sequence API against a step-by-step reference, and the unmodified
+sb3-contrib RecurrentPPO driving it (learn, save/load, predict, evaluate_policy, EvalCallback, SubprocVecEnv)."""
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import sb3_contrib
+import torch as th
+from gymnasium import spaces
+from sb3_contrib.common.recurrent.type_aliases import RNNStates
+from stable_baselines3.common.callbacks import EvalCallback
+from stable_baselines3.common.env_util import make_vec_env as sb3_make_vec_env
+from stable_baselines3.common.evaluation import evaluate_policy
+from stable_baselines3.common.vec_env import SubprocVecEnv
+
+from fwm_rl import build_core
+from fwm_rl.agents import (
+    FWMPolicy,
+    LSTMPolicy,
+    MultiInputFWMPolicy,
+    PackedStateLayout,
+    RecurrentPPO,
+)
+from fwm_rl.envs import GraphNavEnv, make_vec_env
+
+GRAPH = dict(n_nodes=3, n_actions=3, episode_steps=12)
+SMALL_FWM = dict(core="fwm", hidden_size=16, core_kwargs=dict(memory_size=4, preset="rl"), net_arch=[16])
+CRITICS = ("separate", "shared", "joint", "none")
+
+
+def graph_env(n_envs: int = 4, seed: int = 0):
+    return make_vec_env("FWM/GraphNav-v0", n_envs, seed=seed, **GRAPH)
+
+
+def make_policy(env, **kwargs) -> FWMPolicy:
+    return FWMPolicy(env.observation_space, env.action_space, lambda _: 1e-3, **{**SMALL_FWM, **kwargs})
+
+
+def random_states(policy: FWMPolicy, n: int) -> RNNStates:
+    states = policy.initial_state(n)
+    return RNNStates(tuple(th.randn_like(s) for s in states.pi), tuple(th.randn_like(s) for s in states.vf))
+
+
+def rollout_tensors(env, T: int, B: int, seed: int = 0):
+    """Random observations, actions and episode starts [T, B] (starts also in the middle of sequences)."""
+    gen = th.Generator().manual_seed(seed)
+    obs = th.rand(T, B, *env.observation_space.shape, generator=gen)
+    actions = th.randint(0, env.action_space.n, (T, B), generator=gen)
+    starts = (th.rand(T, B, generator=gen) < 0.2).float()
+    return obs, actions, starts
+
+
+# ------------------------------------------------------------------ packing
+
+
+@pytest.mark.parametrize("kind, options", [("fwm", dict(memory_size=3)), ("lstm", {}), ("fwrnn", {}), ("mlp", {})])
+def test_packed_layout_round_trips_every_core_state(kind, options):
+    core = build_core(kind, 5, 6, **options)
+    layout = PackedStateLayout(core.state_spec, core.input_size)
+    state = tuple(th.randn(7, *spec.shape) for spec in core.state_spec)
+    packed = layout.pack(state, 7, th.device("cpu"))
+    assert [tuple(p.shape) for p in packed] == [(1, 7, layout.hidden_size)] * 2
+    assert 2 * layout.hidden_size >= sum(int(np.prod(spec.shape)) for spec in core.state_spec)
+    unpacked = layout.unpack(packed)
+    assert len(unpacked) == len(state)
+    for original, restored in zip(state, unpacked):
+        assert th.equal(original, restored)
+
+
+def test_lstm_core_packs_exactly_like_nn_lstm_state():
+    core = build_core("lstm", 5, 6)
+    layout = PackedStateLayout(core.state_spec, core.input_size)
+    h, c = th.randn(3, 6), th.randn(3, 6)
+    s0, s1 = layout.pack((h, c), 3, th.device("cpu"))
+    assert layout.hidden_size == 6 and layout.num_layers == 1
+    assert th.equal(s0[0], h) and th.equal(s1[0], c)
+
+
+def test_unpack_rejects_states_of_the_wrong_width():
+    layout = PackedStateLayout(build_core("lstm", 5, 6).state_spec, 5)
+    with pytest.raises(ValueError, match=r"two tensors \[1, B, 6\]"):
+        layout.unpack((th.zeros(1, 2, 5), th.zeros(1, 2, 5)))
+
+
+# ------------------------------------------------------------------ construction
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(core="gru"), "unknown core 'gru'"),
+        (dict(critic="both"), "unknown critic 'both'"),
+        (dict(hidden_size=0), "hidden_size must be a positive integer"),
+        (dict(hidden_size=-4), "hidden_size must be a positive integer"),
+        (dict(core_kwargs=dict(memory_size=0)), "memory_size must be a positive integer"),
+        (dict(core_kwargs=dict(heads=2)), r"unknown option\(s\) \['heads'\]"),
+        (dict(critic="shared", share_features_extractor=False), "share_features_extractor=True"),
+    ],
+)
+def test_bad_policy_kwargs_fail_at_construction(kwargs, message):
+    env = graph_env(2)
+    for algo in (sb3_contrib.RecurrentPPO, RecurrentPPO):
+        with pytest.raises(ValueError, match=message):
+            algo(FWMPolicy, env, n_steps=4, batch_size=8, policy_kwargs={**SMALL_FWM, **kwargs}, device="cpu")
+
+
+def test_critic_modes_build_the_modules_they_need():
+    env = graph_env(2)
+    separate, shared, joint, none = (make_policy(env, critic=c) for c in CRITICS)
+    assert separate.critic_core is not None and separate.critic_encoder is None
+    assert shared.critic_core is None and shared.critic_encoder is None
+    assert joint.critic_core is None and joint.critic_encoder is None
+    assert none.critic_core is None and none.critic_encoder is not None
+    assert len(separate.initial_state(3).vf) == 3
+    assert shared.initial_state(3).vf == joint.initial_state(3).vf == none.initial_state(3).vf == ()
+
+
+@pytest.mark.parametrize("critic, trains_core", [("shared", False), ("joint", True)])
+def test_value_loss_trains_the_actor_core_only_when_joint(critic, trains_core):
+    env = graph_env(2)
+    policy = make_policy(env, critic=critic)
+    obs, actions, starts = rollout_tensors(env, T=5, B=3)
+    values, _, _ = policy.evaluate_sequences(obs, actions, policy.initial_state(3), starts)
+    values.pow(2).mean().backward()
+    core_grad = sum(p.grad.abs().sum() for p in policy.actor_core.parameters() if p.grad is not None)
+    assert (core_grad > 0) == trains_core
+
+
+# ------------------------------------------------------------------ native API vs an independent reference
+
+
+def reference_evaluate(policy: FWMPolicy, obs, actions, states: RNNStates, starts):
+    """One core step at a time, rows zeroed by hand (no episode_starts reach the core), heads applied by hand."""
+    T, B = starts.shape
+
+    def zero_rows(state, t):
+        keep = 1.0 - starts[t]
+        return tuple(s * keep.view(B, *[1] * (s.dim() - 1)) for s in state)
+
+    pi, vf = states
+    values, log_probs, entropies = [], [], []
+    for t in range(T):
+        pi = zero_rows(pi, t)
+        y_pi, pi = policy.actor_core(obs[t].unsqueeze(0), pi)
+        if policy.critic_mode == "separate":
+            vf = zero_rows(vf, t)
+            y_vf, vf = policy.critic_core(obs[t].unsqueeze(0), vf)
+            y_vf = y_vf[0]
+        elif policy.critic_mode in ("shared", "joint"):
+            y_vf = y_pi[0]
+        else:
+            y_vf = policy.critic_encoder(obs[t])
+        logits = policy.action_net(policy.mlp_extractor.policy_net(y_pi[0]))
+        log_p = th.log_softmax(logits, dim=-1)
+        log_probs.append(log_p.gather(1, actions[t].view(B, 1)).squeeze(1))
+        entropies.append(-(log_p.exp() * log_p).sum(-1))
+        values.append(policy.value_net(policy.mlp_extractor.value_net(y_vf)).squeeze(1))
+    return th.stack(values), th.stack(log_probs), th.stack(entropies)
+
+
+@pytest.mark.parametrize("critic", CRITICS)
+def test_evaluate_sequences_matches_step_by_step_reference_with_resets(critic):
+    env = graph_env(2)
+    th.manual_seed(0)
+    policy = make_policy(env, critic=critic)
+    obs, actions, starts = rollout_tensors(env, T=9, B=5)
+    states = random_states(policy, 5)
+    with th.no_grad():
+        got = policy.evaluate_sequences(obs, actions, states, starts)
+        want = reference_evaluate(policy, obs, actions, states, starts)
+    for g, w in zip(got, want):
+        th.testing.assert_close(g, w, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("critic", CRITICS)
+def test_sb3_contrib_api_on_packed_env_major_batches_equals_native_api(critic):
+    env = graph_env(2)
+    th.manual_seed(1)
+    policy = make_policy(env, critic=critic)
+    T, B = 6, 4
+    obs, actions, starts = rollout_tensors(env, T, B, seed=1)
+    states = random_states(policy, B)
+    packed = policy._pack_states(states, B)
+
+    def env_major(x):  # [T, B, ...] -> sb3-contrib's flat [B * T, ...]
+        return x.transpose(0, 1).reshape(B * T, *x.shape[2:])
+
+    with th.no_grad():
+        values, log_prob, entropy = policy.evaluate_actions(
+            env_major(obs), env_major(actions), packed, env_major(starts)
+        )
+        want = policy.evaluate_sequences(obs, actions, states, starts)
+        th.testing.assert_close(values.squeeze(-1), env_major(want[0]))
+        th.testing.assert_close(log_prob, env_major(want[1]))
+        th.testing.assert_close(entropy, env_major(want[2]))
+        th.testing.assert_close(
+            policy.predict_values(env_major(obs), packed.vf, env_major(starts)).squeeze(-1), env_major(want[0])
+        )
+        th.manual_seed(2)
+        _, step_values, step_log_prob, step_states = policy(obs[0], packed, starts[0])
+        th.manual_seed(2)
+        _, native_values, native_log_prob, native_states = policy.forward_sequences(obs[:1], states, starts[:1])
+    th.testing.assert_close(step_values.squeeze(-1), native_values[0])
+    th.testing.assert_close(step_log_prob, native_log_prob[0])
+    for got, want_state in zip(policy.unpack_state(step_states.pi), native_states.pi):
+        th.testing.assert_close(got, want_state)
+
+
+# ------------------------------------------------------------------ the unmodified sb3-contrib RecurrentPPO
+
+
+def assert_same_predictions(model_a, model_b, env, steps: int = 12) -> None:
+    """Both models, fed the same observations, state and episode starts, return the same actions and states."""
+    obs = env.reset()
+    state_a = state_b = None
+    starts = np.ones(env.num_envs, dtype=bool)
+    for _ in range(steps):
+        act_a, state_a = model_a.predict(obs, state=state_a, episode_start=starts, deterministic=True)
+        act_b, state_b = model_b.predict(obs, state=state_b, episode_start=starts, deterministic=True)
+        np.testing.assert_array_equal(act_a, act_b)
+        for a, b in zip(state_a, state_b):
+            np.testing.assert_array_equal(a, b)
+        obs, _, starts, _ = env.step(act_a)
+
+
+@pytest.mark.parametrize("critic", CRITICS)
+def test_stock_recurrent_ppo_learns_saves_loads_predicts_and_continues(critic, tmp_path):
+    env = graph_env(4)
+    model = sb3_contrib.RecurrentPPO(
+        FWMPolicy, env, n_steps=12, batch_size=24, n_epochs=2, policy_kwargs={**SMALL_FWM, "critic": critic},
+        seed=0, device="cpu",
+    )
+    before = model.policy.parameters_to_vector().copy()
+    model.learn(96)
+    assert not np.allclose(before, model.policy.parameters_to_vector())
+    model.save(tmp_path / "model")
+    loaded = sb3_contrib.RecurrentPPO.load(tmp_path / "model", env=graph_env(4, seed=5), device="cpu")
+    assert loaded.policy.critic_mode == critic and loaded.policy.core_kind == "fwm"
+    assert_same_predictions(model, loaded, graph_env(4, seed=3))
+    state_width = model.policy.lstm_actor.hidden_size
+    _, state = loaded.predict(env.reset())
+    assert [s.shape for s in state] == [(1, 4, state_width)] * 2
+    loaded.learn(48, reset_num_timesteps=False)
+    assert loaded.num_timesteps == 96 + 48
+
+
+def test_stock_recurrent_ppo_with_evaluate_policy_and_eval_callback(tmp_path):
+    env = graph_env(4)
+    model = sb3_contrib.RecurrentPPO(FWMPolicy, env, n_steps=12, batch_size=48, n_epochs=1, policy_kwargs=SMALL_FWM,
+                                     seed=0, device="cpu")
+    callback = EvalCallback(graph_env(2, seed=9), n_eval_episodes=2, eval_freq=12, log_path=str(tmp_path), verbose=0)
+    model.learn(96, callback=callback)
+    assert callback.evaluations_results and np.isfinite(callback.last_mean_reward)
+    mean, std = evaluate_policy(model, graph_env(3, seed=1), n_eval_episodes=3)
+    assert np.isfinite(mean) and np.isfinite(std)
+
+
+def test_stock_recurrent_ppo_runs_with_subproc_vec_env():
+    env = sb3_make_vec_env(lambda: GraphNavEnv(**GRAPH), n_envs=2, seed=0, vec_env_cls=SubprocVecEnv,
+                           vec_env_kwargs=dict(start_method="fork"))  # fork: no re-import of torch per worker
+    try:
+        model = sb3_contrib.RecurrentPPO(FWMPolicy, env, n_steps=12, batch_size=24, n_epochs=1,
+                                         policy_kwargs=SMALL_FWM, seed=0, device="cpu")
+        model.learn(48)
+        assert model.num_timesteps == 48
+    finally:
+        env.close()
+
+
+def test_policy_level_save_load_keeps_core_and_critic(tmp_path):
+    env = graph_env(2)
+    policy = make_policy(env, core="lstm", hidden_size=12, critic="none", core_kwargs={})
+    policy.save(tmp_path / "policy.pth")
+    loaded = FWMPolicy.load(tmp_path / "policy.pth", device="cpu")
+    assert (loaded.core_kind, loaded.hidden_size, loaded.critic_mode) == ("lstm", 12, "none")
+    for a, b in zip(policy.state_dict().values(), loaded.state_dict().values()):
+        assert th.equal(a, b)
+    obs = env.reset()
+    assert_same_predictions(policy, loaded, env)
+    assert obs.shape == (2, env.observation_space.shape[0])
+
+
+def test_lstm_policy_defaults_to_an_lstm_of_sb3_contrib_size():
+    env = graph_env(2)
+    policy = LSTMPolicy(env.observation_space, env.action_space, lambda _: 1e-3)
+    assert policy.core_kind == "lstm" and policy.hidden_size == 256 and policy.lstm_actor.hidden_size == 256
+
+
+def dict_obs_env(seed: int = 0):
+    """GraphNav with its observation inside a Dict."""
+
+    def make():
+        env = GraphNavEnv(**GRAPH)
+        space = spaces.Dict({"obs": env.observation_space})
+        return gym.wrappers.TransformObservation(env, lambda o: {"obs": o}, space)
+
+    return sb3_make_vec_env(make, n_envs=2, seed=seed)
+
+
+@pytest.mark.parametrize("algo", [sb3_contrib.RecurrentPPO, RecurrentPPO])
+def test_multi_input_policy_handles_dict_observations(algo, tmp_path):
+    model = algo(MultiInputFWMPolicy, dict_obs_env(), n_steps=12, batch_size=24, n_epochs=1,
+                 policy_kwargs=SMALL_FWM, seed=0, device="cpu")
+    model.learn(48)
+    model.save(tmp_path / "model")
+    loaded = algo.load(tmp_path / "model", env=dict_obs_env(), device="cpu")
+    assert_same_predictions(model, loaded, dict_obs_env(seed=2))

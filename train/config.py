@@ -47,9 +47,9 @@ class TrainConfig:
     """Hidden size of the core (the LSTM inside FWM and FW-LSTM)."""
     core_kwargs: dict[str, Any] = field(default_factory=dict)
     """Further options of the core, as KEY=VALUE pairs (fwm: memory_size, preset, ...)."""
-    critic: Optional[Literal["separate", "shared", "none"]] = None
-    """Critic: its own core (separate), the actor core's detached output (shared) or feed-forward (none); none for
-    the policy's default (separate)."""
+    critic: Optional[Literal["separate", "shared", "joint", "none"]] = None
+    """Critic: its own core (separate), the actor core's detached output (shared), the actor core trained by both
+    losses (joint, the paper's agent) or feed-forward (none); none for the policy's default (separate)."""
     net_arch: Optional[list[int]] = None
     """MLP layers between the core and the policy/value heads ([] = linear heads, as in the paper); none for the
     policy's default."""

@@ -2,7 +2,9 @@
 
 Everything of the FWM that does not depend on F (the slow LSTM, the write and read projections, their
 nonlinearities) is computed for all steps at once by the core; only this loop is sequential. A fused kernel may
-replace the PyTorch reference here; the reference stays as its specification.
+replace the PyTorch reference here; the reference stays as its specification. On CPU the dispatcher uses the fused
+C++ kernel of :mod:`fwm_rl.fused` (built by ``python -m fwm_rl.build_ext``); on other devices, or where the kernel
+cannot be built or is disabled with ``FWM_RL_NO_FUSED=1``, it runs the reference.
 
 Per step t and batch row b (F is d×d×d, F₀ given, LN is a LayerNorm over d with no affine parameters):
     F  ← 0 where episode_starts[t, b]
@@ -14,12 +16,17 @@ Per step t and batch row b (F is d×d×d, F₀ given, LN is a LayerNorm over d w
 """
 from __future__ import annotations
 
+import functools
+import warnings
+
 import torch
 import torch.nn.functional as nnf
 from torch import Tensor
 
+from fwm_rl.fused import fwm_recurrence_fused, load_extension, unsupported_reason
+
 LAYER_NORM_EPS = 1e-5
-IMPLEMENTATIONS = ("auto", "reference")
+IMPLEMENTATIONS = ("auto", "reference", "fused")
 
 
 def fwm_recurrence_reference(
@@ -53,7 +60,7 @@ def fwm_recurrence_reference(
         F = F * (~episode_starts[t]).to(F.dtype).view(B, 1, 1, 1)
         key = keys_s[t].unsqueeze(2) * keys_r[t].unsqueeze(1)  # (B, d, d)
         v_old = torch.einsum("bij,bijk->bk", key, F)  # (B, d)
-        update = (write_scale * beta[t]).view(B, 1, 1) * (values[t] - v_old)  # (B, d)
+        update = (write_scale * beta[t]).view(B, 1) * (values[t] - v_old)  # (B, d)
         F = F + key.unsqueeze(3) * update.view(B, 1, 1, d)
         F = F / F.flatten(1).norm(dim=1).clamp(min=1.0).view(B, 1, 1, 1)
         n = read_queries[t]
@@ -62,6 +69,43 @@ def fwm_recurrence_reference(
             n = nnf.layer_norm(n, (d,), eps=LAYER_NORM_EPS)
         reads.append(n)
     return torch.stack(reads), F
+
+
+def check_recurrence_shapes(
+    keys_s: Tensor,
+    keys_r: Tensor,
+    values: Tensor,
+    beta: Tensor,
+    read_queries: Tensor,
+    read_edges: Tensor,
+    fast_weights: Tensor,
+    episode_starts: Tensor,
+) -> None:
+    """``ValueError`` naming the first argument whose shape disagrees with ``values [T, B, d]``."""
+    if values.dim() != 3:
+        raise ValueError(f"values must be [T, B, d], got shape {tuple(values.shape)}")
+    T, B, d = values.shape
+    expected = {
+        "keys_s": (keys_s, (T, B, d)),
+        "keys_r": (keys_r, (T, B, d)),
+        "beta": (beta, (T, B)),
+        "read_queries": (read_queries, (T, B, d)),
+        "fast_weights": (fast_weights, (B, d, d, d)),
+        "episode_starts": (episode_starts, (T, B)),
+    }
+    for name, (tensor, shape) in expected.items():
+        if tuple(tensor.shape) != shape:
+            raise ValueError(
+                f"{name} must have shape {shape} for values of shape {(T, B, d)}, got {tuple(tensor.shape)}"
+            )
+    if read_edges.dim() != 4 or tuple(read_edges.shape[:2]) != (T, B) or read_edges.shape[3] != d:
+        raise ValueError(f"read_edges must have shape {(T, B, 'N_r', d)}, got {tuple(read_edges.shape)}")
+
+
+@functools.cache
+def _warn_fallback(reason: str) -> None:
+    """Warn, once per process and reason, that "auto" runs the slow reference on CPU."""
+    warnings.warn(f"fwm_rl: fused FWM recurrence unavailable ({reason}); using the PyTorch reference", stacklevel=3)
 
 
 def fwm_recurrence(
@@ -78,10 +122,23 @@ def fwm_recurrence(
 ) -> tuple[Tensor, Tensor]:
     """The FWM recurrence (same arguments and results as :func:`fwm_recurrence_reference`).
 
-    :param implementation: "reference" (the PyTorch loop) or "auto" (the fastest available for the inputs' device)
+    :param implementation: "reference" (the PyTorch loop), "fused" (the C++ kernel: CPU, float32/float64, d ≤ 128;
+        ``ValueError`` for other inputs, ``RuntimeError`` if the kernel is unavailable) or "auto" (fused where it can
+        run, else the reference, with a one-time warning where only the kernel's absence prevents it)
     """
     if implementation not in IMPLEMENTATIONS:
         raise ValueError(f"unknown FWM recurrence implementation {implementation!r}; expected one of {IMPLEMENTATIONS}")
-    return fwm_recurrence_reference(
-        keys_s, keys_r, values, beta, read_queries, read_edges, fast_weights, episode_starts, write_scale
-    )
+    args = (keys_s, keys_r, values, beta, read_queries, read_edges, fast_weights, episode_starts)
+    check_recurrence_shapes(*args)
+    if implementation != "reference":
+        unsupported = unsupported_reason(args[:7], read_edges.shape[2])
+        status = load_extension() if unsupported is None else None
+        if status is not None and status.module is not None:
+            return fwm_recurrence_fused(*args, write_scale, LAYER_NORM_EPS)
+        if implementation == "fused" and unsupported is not None:
+            raise ValueError(f"implementation='fused' cannot take these inputs: {unsupported}")
+        if implementation == "fused":
+            raise RuntimeError(f"implementation='fused' is unavailable: {status.reason}")
+        if status is not None:
+            _warn_fallback(status.reason)
+    return fwm_recurrence_reference(*args, write_scale)

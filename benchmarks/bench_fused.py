@@ -1,0 +1,207 @@
+"""Fused FWM recurrence vs the PyTorch reference vs a per-step loop in the official code's style, on CPU.
+
+For each configuration: forward+backward wall time (median and min over repeats), tokens/s (B·T per second),
+achieved GFLOP/s of a nominal 3·(6 + 2·N_r)·d³ FLOPs per token (forward (6 + 2·N_r)·d³: retrieval, update and norm
+2d³ each, 2d³ per read; backward counted as twice the forward), that rate as a fraction of this machine's sgemm rate
+(a large ``torch.mm``, measured here), and the activation memory: the peak resident memory during one
+forward+backward minus the resident memory before it, in a fresh process (Linux ``/proc/self/status`` VmHWM, reset
+through ``/proc/self/clear_refs``).
+
+    .venv/bin/python benchmarks/bench_fused.py                      # both configurations, all implementations
+    .venv/bin/python benchmarks/bench_fused.py --configs meta_rl --repeats 9 --json out.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import platform
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as nnf
+from torch import Tensor
+
+from fwm_rl.fused import load_extension
+from fwm_rl.recurrence import LAYER_NORM_EPS, fwm_recurrence
+
+
+@dataclass(frozen=True)
+class Config:
+    """One benchmark shape: batch, steps, d = d_s = d_r = d_t, reads, write scale λ."""
+
+    name: str
+    batch: int
+    steps: int
+    dim: int
+    n_reads: int
+    write_scale: float
+
+
+CONFIGS = {
+    "meta_rl": Config("meta_rl", batch=600, steps=30, dim=16, n_reads=3, write_scale=1 / 16),
+    "catbabi": Config("catbabi", batch=32, steps=200, dim=32, n_reads=3, write_scale=1 / 32),
+}
+
+
+def official_style_loop(
+    keys_s: Tensor, keys_r: Tensor, values: Tensor, beta: Tensor, read_queries: Tensor, read_edges: Tensor,
+    fast_weights: Tensor, episode_starts: Tensor, write_scale: float,
+) -> tuple[Tensor, Tensor]:
+    """A per-step loop shaped like the official FWM cells: einsum retrieval and update of F [B, d, d, d], the norm
+    clamp as relu(‖F‖ − 1) + 1, einsum reads with a functional LayerNorm; same arguments as the reference."""
+    T, B, d = values.shape
+    F = fast_weights
+    reads = []
+    for t in range(T):
+        F = F * (1.0 - episode_starts[t].to(F.dtype))[:, None, None, None]
+        v_old = torch.einsum("bs,br,bsrt->bt", keys_s[t], keys_r[t], F)
+        new_v = write_scale * beta[t, :, None] * (values[t] - v_old)
+        F = F + torch.einsum("bs,br,bt->bsrt", keys_s[t], keys_r[t], new_v)
+        F_norm = F.reshape(B, -1).norm(dim=-1)
+        F = F / (nnf.relu(F_norm - 1) + 1)[:, None, None, None]
+        n = read_queries[t]
+        for i in range(read_edges.shape[2]):
+            n = nnf.layer_norm(torch.einsum("bs,br,bsrt->bt", n, read_edges[t, :, i], F), (d,), eps=LAYER_NORM_EPS)
+        reads.append(n)
+    return torch.stack(reads), F
+
+
+IMPLEMENTATIONS: dict[str, Callable[..., tuple[Tensor, Tensor]]] = {
+    "fused": lambda *args: fwm_recurrence(*args, implementation="fused"),
+    "reference": lambda *args: fwm_recurrence(*args, implementation="reference"),
+    "official-style loop": official_style_loop,
+}
+
+
+def make_inputs(config: Config, seed: int = 0) -> tuple[list[Tensor], Tensor]:
+    """Inputs as the FWM core makes them (tanh keys, values and edges, σ(·+1) write strengths); every row starts an
+    episode at t = 0, F₀ = 0."""
+    g = torch.Generator().manual_seed(seed)
+    T, B, d, N = config.steps, config.batch, config.dim, config.n_reads
+
+    def randn(*shape: int) -> Tensor:
+        return torch.randn(*shape, generator=g)
+
+    tensors = [
+        torch.tanh(randn(T, B, d)), torch.tanh(randn(T, B, d)), torch.tanh(randn(T, B, d)),
+        torch.sigmoid(randn(T, B) + 1), randn(T, B, d), torch.tanh(randn(T, B, N, d)), torch.zeros(B, d, d, d),
+    ]
+    starts = torch.zeros(T, B, dtype=torch.bool)
+    starts[0] = True
+    return tensors, starts
+
+
+def forward_backward(fn: Callable[..., tuple[Tensor, Tensor]], tensors: list[Tensor], starts: Tensor,
+                     write_scale: float) -> None:
+    """One forward+backward with gradients to every input, F₀ included, and on the final F."""
+    inputs = [t.detach().requires_grad_() for t in tensors]
+    reads, final = fn(*inputs, starts, write_scale)
+    (reads.sum() + final.square().sum()).backward()
+
+
+def _status_mib(key: str) -> Optional[float]:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
+def activation_mib(config_name: str, name: str) -> Optional[float]:
+    """Peak resident memory of one forward+backward above the resident memory before it, in MiB (None off Linux).
+
+    Meant for a fresh process (:func:`bench` runs it in one), so that memory freed by earlier runs but kept by the
+    allocator does not hide the peak.
+    """
+    config = CONFIGS[config_name]
+    tensors, starts = make_inputs(config)
+    load_extension()  # loading the library is not activation memory
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # resets VmHWM to the current VmRSS
+    except OSError:
+        return None
+    before = _status_mib("VmRSS")
+    forward_backward(IMPLEMENTATIONS[name], tensors, starts, config.write_scale)
+    peak = _status_mib("VmHWM")
+    return None if before is None or peak is None else peak - before
+
+
+def sgemm_gflops(n: int = 4096, repeats: int = 5) -> float:
+    """Best-of-``repeats`` float32 ``torch.mm`` rate on n×n matrices, GFLOP/s."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    torch.mm(a, b)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 / best / 1e9
+
+
+def nominal_gflop(config: Config) -> float:
+    """3·(6 + 2·N_r)·d³ FLOPs per token (see the module docstring), in GFLOP."""
+    return 3 * (6 + 2 * config.n_reads) * config.dim**3 * config.batch * config.steps / 1e9
+
+
+def bench(config: Config, name: str, repeats: int, sgemm: float) -> dict:
+    """Time ``repeats`` forward+backward runs of one implementation after a warm-up run; measure its memory."""
+    fn = IMPLEMENTATIONS[name]
+    tensors, starts = make_inputs(config)
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        memory = pool.apply(activation_mib, (config.name, name))
+    forward_backward(fn, tensors, starts, config.write_scale)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        forward_backward(fn, tensors, starts, config.write_scale)
+        times.append(time.perf_counter() - start)
+    median = statistics.median(times)
+    gflops = nominal_gflop(config) / median
+    return {
+        "config": config.name, "implementation": name, "median_ms": 1e3 * median, "min_ms": 1e3 * min(times),
+        "tokens_per_s": config.batch * config.steps / median, "gflops": gflops, "sgemm_fraction": gflops / sgemm,
+        "activation_mib": memory, "repeats": repeats,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    parser.add_argument("--implementations", nargs="+", default=list(IMPLEMENTATIONS), choices=list(IMPLEMENTATIONS))
+    parser.add_argument("--repeats", type=int, default=5, help="timed forward+backward runs per cell (after a warm-up)")
+    parser.add_argument("--json", help="also write the rows to this JSON file")
+    args = parser.parse_args()
+
+    sgemm = sgemm_gflops()
+    cpu = platform.processor() or platform.machine()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {cpu}, sgemm {sgemm:.0f} GFLOP/s, "
+          f"load average {os.getloadavg()[0]:.1f}")
+    print("| config | implementation | fwd+bwd median (min) ms | tokens/s | GFLOP/s | of sgemm | activation MiB |")
+    print("|---|---|---|---|---|---|---|")
+    rows = []
+    for config_name in args.configs:
+        config = CONFIGS[config_name]
+        for name in args.implementations:
+            row = bench(config, name, args.repeats, sgemm)
+            rows.append(row)
+            memory = "n/a" if row["activation_mib"] is None else f"{row['activation_mib']:.0f}"
+            print(f"| {config.name} (B {config.batch}, T {config.steps}, d {config.dim}, N_r {config.n_reads}) | "
+                  f"{name} | {row['median_ms']:.1f} ({row['min_ms']:.1f}) | {row['tokens_per_s']:.3g} | "
+                  f"{row['gflops']:.1f} | {100 * row['sgemm_fraction']:.1f}% | {memory} |", flush=True)
+    print(f"load average at the end {os.getloadavg()[0]:.1f}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"sgemm_gflops": sgemm, "threads": torch.get_num_threads(), "rows": rows}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

@@ -41,7 +41,7 @@ class TrainConfig:
     """Evaluate with the most likely action instead of a sampled one."""
     algo: Literal["ppo", "a2c"] = "ppo"
     """Learning algorithm: recurrent PPO or recurrent A2C."""
-    core: Literal["fwm", "lstm", "fwlstm", "mlp"] = "fwm"
+    core: Literal["fwm", "fwlstm", "fwrnn", "lnlstm", "lstm", "mlp"] = "fwm"
     """Memory core of the policy (mlp is the memoryless baseline)."""
     hidden_size: int = 32
     """Hidden size of the core (the LSTM inside FWM and FW-LSTM)."""

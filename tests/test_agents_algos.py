@@ -19,6 +19,7 @@ from stable_baselines3.common.save_util import load_from_zip_file
 
 from fwm_rl.agents import FWMPolicy, LSTMPolicy, RecurrentA2C, RecurrentPPO, paper_a2c_kwargs
 from fwm_rl.envs import make_vec_env
+from prediction_checks import assert_same_predictions
 
 GRAPH = dict(n_nodes=3, n_actions=3, episode_steps=12)
 SMALL_FWM = dict(core="fwm", hidden_size=16, core_kwargs=dict(memory_size=4, preset="rl"), net_arch=[16])
@@ -154,17 +155,7 @@ def test_save_load_predict_identical_and_training_continues(algo, tmp_path):
     data, params, _ = load_from_zip_file(tmp_path / "model")
     assert "_last_lstm_states" not in data and "rollout_buffer" not in data
     loaded = algo.load(tmp_path / "model", env=graph_env(4, seed=1), device="cpu")
-    env = graph_env(4, seed=3)
-    obs = env.reset()
-    state_a = state_b = None
-    starts = np.ones(4, dtype=bool)
-    for _ in range(15):
-        act_a, state_a = model.predict(obs, state=state_a, episode_start=starts, deterministic=True)
-        act_b, state_b = loaded.predict(obs, state=state_b, episode_start=starts, deterministic=True)
-        np.testing.assert_array_equal(act_a, act_b)
-        for a, b in zip(state_a, state_b):
-            np.testing.assert_array_equal(a, b)
-        obs, _, starts, _ = env.step(act_a)
+    state_b = assert_same_predictions(model, loaded, graph_env(4, seed=3), steps=15)
     h, c, F = loaded.policy.unpack_state(state_b)
     assert F.shape == (4, 4, 4, 4) and F.abs().sum() > 0
     before = loaded.policy.parameters_to_vector().copy()

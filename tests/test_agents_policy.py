@@ -23,6 +23,7 @@ from fwm_rl.agents import (
     RecurrentPPO,
 )
 from fwm_rl.envs import GraphNavEnv, make_vec_env
+from prediction_checks import assert_same_predictions
 
 GRAPH = dict(n_nodes=3, n_actions=3, episode_steps=12)
 SMALL_FWM = dict(core="fwm", hidden_size=16, core_kwargs=dict(memory_size=4, preset="rl"), net_arch=[16])
@@ -208,20 +209,6 @@ def test_sb3_contrib_api_on_packed_env_major_batches_equals_native_api(critic):
 
 
 # ------------------------------------------------------------------ the unmodified sb3-contrib RecurrentPPO
-
-
-def assert_same_predictions(model_a, model_b, env, steps: int = 12) -> None:
-    """Both models, fed the same observations, state and episode starts, return the same actions and states."""
-    obs = env.reset()
-    state_a = state_b = None
-    starts = np.ones(env.num_envs, dtype=bool)
-    for _ in range(steps):
-        act_a, state_a = model_a.predict(obs, state=state_a, episode_start=starts, deterministic=True)
-        act_b, state_b = model_b.predict(obs, state=state_b, episode_start=starts, deterministic=True)
-        np.testing.assert_array_equal(act_a, act_b)
-        for a, b in zip(state_a, state_b):
-            np.testing.assert_array_equal(a, b)
-        obs, _, starts, _ = env.step(act_a)
 
 
 @pytest.mark.parametrize("critic", CRITICS)

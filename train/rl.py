@@ -279,7 +279,7 @@ class RunCallback(BaseCallback):
         if self.bar is not None:
             done = int(self.elapsed_s()) if self.config.time_budget is not None else self.model.num_timesteps
             self.bar.set_postfix_str(f"{self.model.num_timesteps:,} steps", refresh=False)
-            self.bar.update(done - self.bar.n)
+            self.bar.update(min(done, self.bar.total) - self.bar.n)  # past its total tqdm would drop the total
         return self.stopped is None
 
     def _on_rollout_end(self) -> None:

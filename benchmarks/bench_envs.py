@@ -69,7 +69,7 @@ def references() -> None:
           "exploit ratio (visits >= 2) |")
     print("|---|---|---|---:|---:|---:|---:|---:|")
     for env_id, kwargs in REFERENCE_CONFIGS:
-        n = gym.make(env_id, **kwargs).unwrapped.core.n_layouts
+        n = gym.make(env_id, **kwargs).unwrapped.dynamics.n_layouts
         for policy in ("random", "oracle"):
             stats = fwm_rl.envs.run_reference(env_id, policy, n, seed=0, layout_order="sequential", **kwargs)
             first = [s.steps_to_first_goal for s in stats if s.steps_to_first_goal is not None]

@@ -121,7 +121,7 @@ def test_sequential_order_gives_env_j_train_graph_j_every_lifetime():
     for _ in range(30):
         _, _, dones, infos = vec.step(np.zeros(600, dtype=np.int64))
     assert dones.all() and [info["layout_id"] for info in infos] == train_ids
-    assert [info["layout_id"] for info in vec.core.row_infos()] == train_ids
+    assert [info["layout_id"] for info in vec.venv.infos_per_env()] == train_ids
 
 
 def relabel(succ: np.ndarray, perm: np.ndarray) -> np.ndarray:
@@ -177,10 +177,10 @@ def graphs_met(split: str, n_nodes: int = 5, n_actions: int = 3, n_envs: int = 2
     venv = gym.make_vec("FWM/GraphNav-v0", num_envs=n_envs, vectorization_mode="vector_entry_point", split=split,
                         n_nodes=n_nodes, n_actions=n_actions, episode_steps=1)
     venv.reset(seed=0)
-    met = [venv.unwrapped.core.succ.copy()]
+    met = [venv.unwrapped.dynamics.succ.copy()]
     for _ in range(lifetimes - 1):
         venv.step(np.zeros(n_envs, dtype=np.int64))
-        met.append(venv.unwrapped.core.succ.copy())
+        met.append(venv.unwrapped.dynamics.succ.copy())
     return np.concatenate(met)
 
 

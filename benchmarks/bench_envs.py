@@ -97,7 +97,8 @@ def main() -> None:
         rows.append((env_id, "single env (gym.make, wrappers)", 1,
                      median(lambda: single_env_rate(env, args.steps), args.repeats)))
         raw = gym.make(env_id).unwrapped
-        rows.append((env_id, "single env (unwrapped)", 1, median(lambda: single_env_rate(raw, args.steps), args.repeats)))
+        rows.append((env_id, "single env (unwrapped)", 1,
+                     median(lambda: single_env_rate(raw, args.steps), args.repeats)))
         for n in BATCH_SIZES:
             venv = gym.make_vec(env_id, num_envs=n, vectorization_mode="vector_entry_point")
             venv.reset(seed=0)

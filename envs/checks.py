@@ -57,11 +57,15 @@ def check_action(action: Any, n_actions: int) -> int:
     if isinstance(action, (int, np.integer)) and not isinstance(action, bool) and 0 <= action < n_actions:
         return int(action)
     value = np.asarray(action) if isinstance(action, (np.ndarray, np.generic, float)) else None
-    if value is not None and value.shape == () and value.dtype.kind in "iuf" and value == int(value) and \
-            0 <= value < n_actions:
+    if value is not None and value.shape == () and value.dtype.kind in "iuf" and _in_space(value, n_actions):
         return int(value)
     raise ValueError(f"action must be an integer in [0, {n_actions - 1}] (action space Discrete({n_actions})), "
                      f"got {_describe(action)}")
+
+
+def _in_space(values: np.ndarray, n_actions: int) -> np.ndarray:
+    """Where numeric ``values`` are integers in [0, n_actions) (NaN is not)."""
+    return (values >= 0) & (values < n_actions) & (values == np.floor(values))
 
 
 def check_actions(actions: Any, n_envs: int, n_actions: int) -> np.ndarray:
@@ -73,9 +77,15 @@ def check_actions(actions: Any, n_envs: int, n_actions: int) -> np.ndarray:
         raise ValueError(f"actions must be {n_envs} integers in [0, {n_actions - 1}] ({space}), got "
                          f"{_describe(values if values.dtype.kind != 'O' else actions)}")
     values = values.reshape(n_envs)
-    out = values.astype(np.int64)
-    if out.min() < 0 or out.max() >= n_actions or (values.dtype.kind == "f" and not np.array_equal(out, values)):
-        bad = int(np.flatnonzero((out < 0) | (out >= n_actions) | (out != values))[0])
-        raise ValueError(f"actions must be integers in [0, {n_actions - 1}] ({space}), got "
-                         f"{values[bad].item()!r} for env {bad}")
-    return out
+    if values.dtype.kind == "f":
+        valid = _in_space(values, n_actions)
+        if valid.all():
+            return values.astype(np.int64)
+    else:
+        out = values.astype(np.int64)
+        if out.min() >= 0 and out.max() < n_actions:
+            return out
+        valid = (out >= 0) & (out < n_actions)
+    bad = int(np.flatnonzero(~valid)[0])
+    raise ValueError(f"actions must be integers in [0, {n_actions - 1}] ({space}), got {values[bad].item()!r} for "
+                     f"env {bad}")

@@ -37,7 +37,8 @@ import numpy as np
 from fwm_rl.envs.checks import check_choice, check_int
 from fwm_rl.envs.dynamics import BatchedDynamics
 from fwm_rl.envs.env import TaskEnv, TaskVectorEnv
-from fwm_rl.envs.graphs import canonical_graph_ids, graph_id, graph_sets, paper_graph_sets, sample_graphs, shortest_paths
+from fwm_rl.envs.graphs import (canonical_graph_ids, graph_id, graph_sets, paper_graph_sets, sample_graphs,
+                                shortest_paths)
 from fwm_rl.envs.render import graph_ansi, graph_frame
 from fwm_rl.envs.streams import draw_index, draw_other
 
@@ -51,9 +52,9 @@ NO_EDGE_PENALTY = 0.05
 class GraphNavDynamics(BatchedDynamics):
     """Batched GraphNav dynamics (see the module docstring). Row state: graph ``succ`` [B, n, a], ``goal`` [B],
     ``pos`` [B] and ``timeout_at`` [B], the official timeout counter kept as the step count t at which the next
-    non-goal step times out (so it needs no update on ordinary steps). Per-row tables filled when a lifetime starts: ``next_node`` [B, n a] (the node
-    after each (node, action); the same node where there is no edge), ``edge_reward`` [B, n a] and ``dist``
-    [B, n, n]."""
+    non-goal step times out (so it needs no update on ordinary steps). Per-row tables filled when a lifetime starts:
+    ``next_node`` [B, n a] (the node after each (node, action); the same node where there is no edge),
+    ``edge_reward`` [B, n a] and ``dist`` [B, n, n]."""
 
     def __init__(self, n_rows: int, split: str = "train", n_nodes: int = 5, n_actions: int = 3,
                  episode_steps: int = 30, layout_order: str = "random") -> None:

@@ -177,6 +177,10 @@ def _draw_set(rs: np.random.RandomState, count: int, n_nodes: int, n_actions: in
         graphs.append(graph[0])
         if distinct:
             taken.add(key)
+    return _read_only(graphs)
+
+
+def _read_only(graphs: list[np.ndarray]) -> np.ndarray:
     out = np.stack(graphs)
     out.flags.writeable = False
     return out
@@ -214,9 +218,7 @@ def _read_val(path: Path, n_nodes: int, n_actions: int) -> np.ndarray:
         if graph_id(graph) != key:
             raise ValueError(f"{path}, line {number}: graph does not match its id {key}")
         graphs.append(graph)
-    out = np.stack(graphs)
-    out.flags.writeable = False
-    return out
+    return _read_only(graphs)
 
 
 @functools.cache

@@ -194,7 +194,8 @@ def single_env(env_id):
 
 @pytest.mark.parametrize("env_id", IDS)
 @pytest.mark.parametrize("bad, shown", [
-    (-1, "-1"), ("n", "{n}"), (1.5, "1.5"), (None, "None"), ("up", "'up'"), (True, "True"), ([1], "[1]"),
+    (-1, "-1"), ("n", "{n}"), (1.5, "1.5"), (float("nan"), "nan"), (np.float64("inf"), "inf"), (None, "None"),
+    ("up", "'up'"), (True, "True"), ([1], "[1]"),
     (np.array([1, 2]), "an array of shape (2,) and dtype int64"),
 ])
 def test_an_invalid_action_raises_one_line_naming_the_space_and_leaves_the_env_unchanged(env_id, bad, shown):
@@ -219,6 +220,9 @@ def test_an_invalid_action_raises_one_line_naming_the_space_and_leaves_the_env_u
     (None, "2 integers in [0, {top}] ({space}), got None"),
     (np.array([0, 99]), "integers in [0, {top}] ({space}), got 99 for env 1"),
     (np.array([0.0, 0.5]), "integers in [0, {top}] ({space}), got 0.5 for env 1"),
+    (np.array([np.nan, 0.0]), "integers in [0, {top}] ({space}), got nan for env 0"),
+    (np.array([0, 2 ** 64 - 1], dtype=np.uint64), "integers in [0, {top}] ({space}), got 18446744073709551615 for "
+                                                   "env 1"),
 ])
 def test_invalid_vector_actions_raise_one_line_naming_the_space_and_leave_the_envs_unchanged(env_id, kind, bad, shown):
     if kind == "vector":

@@ -24,7 +24,7 @@ Differences from the official code, all in the observation (the dynamics are the
 * The official code feeds the same time fraction (step / 30 before acting); here the observation after the k-th
   step carries k / episode_steps, i.e. the same value at the same decision point (0 at reset).
 
-Splits (:func:`~fwm_rl.envs.graphs.graph_sets`): "train" and "test" are the paper's fixed sets of 600 graphs; "val"
+Splits (:func:`~fwm_rl.envs.graphs.split_graphs`): "train" and "test" are the paper's fixed sets of 600 graphs; "val"
 is our frozen set of 600 graphs, none isomorphic to a train or test graph, for model selection; "procedural" draws a
 fresh graph per lifetime from the env's ``np_random`` and redraws any graph isomorphic to a val or test graph. No two
 of train, val and test share a graph up to node relabelling. With ``layout_order="sequential"`` env i of n gets
@@ -37,8 +37,7 @@ import numpy as np
 from fwm_rl.envs.checks import check_choice, check_int
 from fwm_rl.envs.dynamics import BatchedDynamics
 from fwm_rl.envs.env import TaskEnv, TaskVectorEnv
-from fwm_rl.envs.graphs import (canonical_graph_ids, graph_id, graph_sets, paper_graph_sets, sample_graphs,
-                                shortest_paths)
+from fwm_rl.envs.graphs import canonical_graph_ids, graph_id, sample_graphs, shortest_paths, split_graphs
 from fwm_rl.envs.render import graph_ansi, graph_frame
 from fwm_rl.envs.streams import draw_index, draw_other
 
@@ -62,13 +61,14 @@ class GraphNavDynamics(BatchedDynamics):
         self.n_nodes = check_int("n_nodes", n_nodes, 3, MAX_NODES)
         self.n_actions = check_int("n_actions", n_actions, 3, MAX_ACTIONS)  # fewer leaves the sampler no free slot
         self.split = split
-        sets = paper_graph_sets(self.n_nodes, self.n_actions) if split in ("train", "test") else graph_sets(
-            self.n_nodes, self.n_actions)
-        self.forbidden = frozenset()  # canonical ids of the held-out graphs, redrawn by "procedural"
+        n, a = self.n_nodes, self.n_actions
+        self.forbidden: frozenset[str] = frozenset()  # canonical ids that "procedural" redraws
         if split == "procedural":
-            self.forbidden = frozenset(canonical_graph_ids(np.concatenate([sets["val"], sets["test"]])))
-        self.bank = None if split == "procedural" else sets[split]
-        if self.bank is not None:
+            self.bank = None
+            held_out = np.concatenate([split_graphs("val", n, a), split_graphs("test", n, a)])
+            self.forbidden = frozenset(canonical_graph_ids(held_out))
+        else:
+            self.bank = split_graphs(split, n, a)
             self.bank_tables = self._tables(self.bank)
             self.bank_ids = [graph_id(g) for g in self.bank]
         super().__init__(n_rows, episode_steps, None if self.bank is None else len(self.bank), layout_order)

@@ -10,9 +10,10 @@ import yaml
 
 from fwm_rl.envs import EpisodeStats
 from fwm_rl.train.cli import build_parser, config_from_args, main
-from fwm_rl.train.config import TrainConfig, field_docs, load_config, shipped_configs
+from fwm_rl.train.config import TrainConfig, load_config, shipped_configs
 from fwm_rl.train.evaluate import episode_quotas, normalised_score, summarize, t_critical_95
 from fwm_rl.train.io import MetricsLog
+from fwm_rl.train.options import field_docs
 from fwm_rl.train.plots import pick_metric, plot_runs
 
 SUBCOMMANDS = ("train", "evaluate", "watch", "plot", "demo")
@@ -30,7 +31,7 @@ def test_train_help_shows_every_config_field_with_its_docstring_and_default(caps
     flat = " ".join(out.split())
     assert code == 0
     defaults = TrainConfig().to_dict()
-    for name, doc in field_docs().items():
+    for name, doc in field_docs(TrainConfig).items():
         assert f"--{name.replace('_', '-')}" in flat
         assert " ".join(doc.split()[:4]) in flat, name
         assert f"[default: {defaults[name]}]" in flat, name

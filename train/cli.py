@@ -1,7 +1,8 @@
-"""The ``fwm-rl`` command line (also ``python -m fwm_rl``): train, evaluate, watch, plot, demo, and the supervised
-trainer's ``supervised`` (added by ``fwm_rl.train.supervised.add_parser``).
+"""The ``fwm-rl`` command line (also ``python -m fwm_rl``): train, supervised, evaluate, watch, plot, demo.
 
-Every handler raises ``UserError`` for what the user can fix; ``main`` prints it as one line and exits 1.
+The error boundary: every handler validates the user's input (and builds what it names) before it writes
+anything, raising ``UserError`` for what the user can fix; ``main`` prints that as one line and exits 1. Any other
+exception is a bug and keeps its traceback.
 """
 from __future__ import annotations
 
@@ -33,25 +34,60 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 def config_from_args(args: argparse.Namespace):
     """The TrainConfig of ``fwm-rl train`` options: defaults, then the --config file, then the options given."""
-    from fwm_rl.train.config import find_config, load_config, make_config, overrides_from_args
+    from fwm_rl.train.config import ALIASES, TrainConfig, find_config, load_config
 
-    base = load_config(find_config(args.config)) if args.config is not None else None
-    return make_config(overrides_from_args(args), source="command line", base=base)
+    return _config_from_args(args, TrainConfig, ALIASES,
+                             load_config(find_config(args.config)) if args.config is not None else None)
+
+
+def _config_from_args(args: argparse.Namespace, config_class: type, aliases, base):
+    from fwm_rl.train.options import make_config, values_from_args
+
+    return make_config(config_class, values_from_args(args, config_class), source="command line", base=base,
+                       aliases=aliases)
+
+
+def _run_trainer(args: argparse.Namespace, trainer_class: type, aliases, make_config) -> int:
+    """Start a run of the config ``make_config()`` reads from the options, or resume ``args.resume``, with
+    ``trainer_class`` (the train and supervised commands)."""
+    from fwm_rl.train import runner
+    from fwm_rl.train.options import values_from_args
+
+    fit_options = {"progress_bar": args.progress_bar}
+    if args.resume is not None:
+        if args.config is not None or args.run_dir is not None or args.overwrite:
+            raise UserError("--resume RUN_DIR continues a run with its own config; drop --config / --run-dir / "
+                            "--overwrite")
+        result = runner.resume(trainer_class, Path(args.resume), values_from_args(args, trainer_class.config_class),
+                               aliases=aliases, **fit_options)
+    else:
+        config = make_config()
+        result = runner.start(trainer_class, config, runner.run_dir_of(args, config), overwrite=args.overwrite,
+                              **fit_options)
+    return EXIT_INTERRUPTED if result.stopped == "interrupted" else 0
 
 
 def _train(args: argparse.Namespace) -> int:
-    from fwm_rl.train import rl
-    from fwm_rl.train.config import overrides_from_args
+    from fwm_rl.train.config import ALIASES
+    from fwm_rl.train.rl import RLTrainer
 
-    options = {"progress_bar": args.progress_bar}
-    if args.resume is not None:
-        if args.config is not None or args.run_dir is not None:
-            raise UserError("--resume RUN_DIR continues a run with its own config; drop --config / --run-dir")
-        result = rl.resume(Path(args.resume), overrides_from_args(args), **options)
-    else:
-        result = rl.train(config_from_args(args), run_dir=args.run_dir, runs_dir=args.runs_dir,
-                          overwrite=args.overwrite, **options)
-    return EXIT_INTERRUPTED if result.stopped == "interrupted" else 0
+    return _run_trainer(args, RLTrainer, ALIASES, lambda: config_from_args(args))
+
+
+def _supervised(args: argparse.Namespace) -> int:
+    import torch.distributed
+
+    from fwm_rl.train.supervised import ALIASES, SupervisedConfig, SupervisedTrainer, load_config
+
+    def make_config():
+        base = load_config(Path(args.config)) if args.config is not None else None
+        return _config_from_args(args, SupervisedConfig, ALIASES, base)
+
+    try:
+        return _run_trainer(args, SupervisedTrainer, ALIASES, make_config)
+    finally:
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
 
 
 def _evaluate(args: argparse.Namespace) -> int:
@@ -101,8 +137,10 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from fwm_rl.train import supervised
-    from fwm_rl.train.config import add_config_arguments, shipped_configs
+    from fwm_rl.train.config import ALIASES, TrainConfig, shipped_configs
+    from fwm_rl.train.supervised import ALIASES as SUPERVISED_ALIASES, SupervisedConfig
+    from fwm_rl.train.options import add_config_arguments
+    from fwm_rl.train.runner import add_run_arguments
 
     parser = argparse.ArgumentParser(prog="fwm-rl", description="Fast Weight Memory agents for meta-RL: train, "
                                      "evaluate, watch and plot recurrent agents on POMDP navigation tasks.")
@@ -120,13 +158,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--config", metavar="NAME_OR_FILE",
                        help=f"YAML config: a shipped experiment ({', '.join(shipped_configs())}) or a file; "
                             "options below override its fields")
-    train.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its latest checkpoint")
-    train.add_argument("--runs-dir", type=Path, default=Path("runs"), help="folder of run directories [default: runs]")
-    train.add_argument("--run-dir", type=Path, help="run directory [default: RUNS_DIR/EXPERIMENT]")
-    train.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
-    train.add_argument("--progress-bar", action=argparse.BooleanOptionalAction, default=True,
-                       help="show a progress bar [default: on]")
-    add_config_arguments(train)
+    add_run_arguments(train)
+    add_config_arguments(train, TrainConfig, "experiment config (override the --config file)", ALIASES)
     train.set_defaults(func=_train)
 
     evaluate = commands.add_parser(
@@ -135,7 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "t-interval, the normalised score (random = 0, oracle = 1, both played on the same layouts), "
                     "goals per episode, steps to the first goal and the exploit ratio on later goals.")
     evaluate.add_argument("run", metavar="RUN_DIR_OR_MODEL", help="run directory, or a model .zip inside one")
-    evaluate.add_argument("--split", help="held-out split [default: the run's eval_split]")
+    evaluate.add_argument("--split", default="test", help="held-out split (test, val, ...) [default: test]")
     evaluate.add_argument("--episodes", type=int, help="episodes, one per layout in order [default: the run's "
                                                        "eval_episodes]")
     evaluate.add_argument("--layouts", nargs="+", metavar="FILE_OR_DIR",
@@ -177,7 +210,23 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--quick", action="store_true", help="a few seconds of training on small settings (for tests)")
     demo.set_defaults(func=_demo)
 
-    supervised.add_parser(commands)
+    supervised = commands.add_parser(
+        "supervised", help="train a memory core on ART, mART, catbAbI or word-level language modelling",
+        formatter_class=_HelpFormatter,
+        description="Train a memory core on a supervised sequence task (runs under torchrun too). A run directory "
+                    "RUNS_DIR/EXPERIMENT gets config.yaml, checkpoints/, metrics.csv, best_model.pt, results.json "
+                    "and log.txt; --resume continues exactly where it stopped. Options share their names with "
+                    "`fwm-rl train` (old spellings --core-options, --lr, --grad-clip, --eval-every still work, "
+                    "with a warning).",
+        epilog="examples:\n  fwm-rl supervised --task art --core fwlstm --pairs 8\n"
+               "  fwm-rl supervised --task catbabi --core fwm --core-kwargs memory_size=16 --steps 2000\n"
+               "  fwm-rl supervised --resume runs/art-fwlstm --steps 10000")
+    supervised.add_argument("--config", metavar="FILE", help="YAML config file (a run's config.yaml, or an old "
+                            "config.json); options below override its fields")
+    add_run_arguments(supervised)
+    add_config_arguments(supervised, SupervisedConfig, "supervised config (override the --config file)",
+                         SUPERVISED_ALIASES)
+    supervised.set_defaults(func=_supervised)
     return parser
 
 

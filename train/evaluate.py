@@ -104,7 +104,7 @@ def add_scores(rows: dict[str, dict], reference_rows: dict[str, dict]) -> None:
         row["score"] = normalised_score(row["return_mean"], low, high)
 
 
-def evaluate(path: str | Path, split: Optional[str] = None, episodes: Optional[int] = None,
+def evaluate(path: str | Path, split: str = "test", episodes: Optional[int] = None,
              layouts: Optional[list[str]] = None, n_envs: Optional[int] = None, seed: int = 0,
              deterministic: bool = False, best: bool = False, with_references: bool = True,
              device: str = "auto") -> dict[str, Any]:
@@ -116,7 +116,6 @@ def evaluate(path: str | Path, split: Optional[str] = None, episodes: Optional[i
     model_path, config = find_model(path, best=best)
     if config is None:
         raise UserError(f"no config.yaml beside {model_path}: evaluate a run directory made by `fwm-rl train`")
-    split = split or config.eval_split or "test"
     episodes = episodes or config.eval_episodes
     if episodes < 1:
         raise UserError(f"--episodes must be >= 1, got {episodes}")

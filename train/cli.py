@@ -92,10 +92,13 @@ def _supervised(args: argparse.Namespace) -> int:
 
 def _evaluate(args: argparse.Namespace) -> int:
     from fwm_rl.train.evaluate import evaluate, print_report
+    from fwm_rl.train.io import write_json
 
     report = evaluate(args.run, split=args.split, episodes=args.episodes, layouts=args.layouts, n_envs=args.n_envs,
                       seed=args.seed, deterministic=args.deterministic, best=args.best,
-                      with_references=not args.no_references, device=args.device)
+                      with_references=not args.no_references, device=args.device, progress=args.progress_bar)
+    if args.json_file is not None:
+        write_json(args.json_file, _json_safe(report))
     if args.json:
         print(json.dumps(_json_safe(report), indent=2))
     else:
@@ -176,6 +179,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--n-envs", type=int, help="parallel envs [default: min(episodes, 1000)]")
     evaluate.add_argument("--no-references", action="store_true", help="skip the random and oracle references")
     evaluate.add_argument("--json", action="store_true", help="print the report as JSON")
+    evaluate.add_argument("--json-file", type=Path, metavar="FILE",
+                          help="also write the report as JSON to FILE (atomically; NaN as null)")
+    evaluate.add_argument("--progress-bar", action=argparse.BooleanOptionalAction, default=True,
+                          help="show a progress bar of the agent's episodes on stderr [default: on]")
     _add_model_arguments(evaluate)
     evaluate.set_defaults(func=_evaluate)
 

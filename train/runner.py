@@ -107,22 +107,22 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def check_finite_parameters(module: torch.nn.Module, update: int) -> None:
-    """NonFiniteError("parameters", update) if any parameter of ``module`` holds NaN or Inf (checked before every
-    checkpoint, so that none is ever written with non-finite parameters)."""
+def check_finite_parameters(module: torch.nn.Module, update: int, step: int) -> None:
+    """NonFiniteError if any parameter of ``module`` holds NaN or Inf (checked before every checkpoint, so that none
+    is ever written with non-finite parameters)."""
     from fwm_rl.agents import NonFiniteError
 
     for name, parameter in module.named_parameters():
         if not torch.isfinite(parameter).all():
-            raise NonFiniteError(f"parameters ({name})", update)
+            raise NonFiniteError(f"parameters ({name})", update, step)
 
 
-def check_finite_loss(loss: torch.Tensor, update: int) -> None:
-    """NonFiniteError("loss", update) for a NaN or Inf loss, before it is back-propagated."""
+def check_finite_loss(loss: torch.Tensor, update: int, step: int) -> None:
+    """NonFiniteError for a NaN or Inf loss, before it is back-propagated."""
     from fwm_rl.agents import NonFiniteError
 
     if not math.isfinite(float(loss.detach())):
-        raise NonFiniteError("loss", update)
+        raise NonFiniteError("loss", update, step)
 
 
 @dataclass
@@ -163,19 +163,21 @@ class Trainer(ABC):
 
     def save_checkpoint(self, run: RunDir, step: int, payload: dict[str, Any], module: torch.nn.Module,
                         update: int, keep: Optional[int] = None) -> Path:
-        """Write ``payload`` (with the resolved config) as the checkpoint of ``step``, after checking that the
-        parameters of ``module`` are finite."""
-        check_finite_parameters(module, update)
+        """Write ``payload`` (with the resolved config) as the checkpoint of ``step`` (after ``update`` updates),
+        after checking that the parameters of ``module`` are finite."""
+        check_finite_parameters(module, update, step)
         config = dataclasses.asdict(self.resolved_config())
         return run.write_checkpoint(step, {**payload, "config": config}, keep=keep)
 
 
-def _nonfinite_message(error: Any, run: RunDir, command: str) -> str:
+def _nonfinite_message(error: Any, run: RunDir, trainer: Trainer) -> str:
     checkpoints = run.checkpoints()
-    last = (f"last good checkpoint {checkpoints[-1]} (continue with `fwm-rl {command} --resume {run.path}`)"
-            if checkpoints else "no checkpoint was written yet")
-    return (f"training stopped: non-finite {error.quantity} at update {error.update}, before it was applied; "
-            f"{last}; try a lower --learning-rate or gradient clipping (--max-grad-norm)")
+    last = (f"last good checkpoint {checkpoints[-1]} (`fwm-rl {trainer.command} --resume {run.path}` continues from "
+            "it)" if checkpoints else "no checkpoint was written yet")
+    rate = getattr(trainer.resolved_config(), "learning_rate", None)
+    return (f"training stopped: non-finite {error.quantity} at update {error.update}, before it was applied; {last}; "
+            f"the updates diverge at this learning rate ({rate:g}): use a lower --learning-rate or clip gradients "
+            "(--max-grad-norm) in a new run")
 
 
 def _fit(trainer: Trainer, run: RunDir, start_step: Optional[int]) -> RunResult:
@@ -184,7 +186,7 @@ def _fit(trainer: Trainer, run: RunDir, start_step: Optional[int]) -> RunResult:
     try:
         return trainer.fit(run, start_step)
     except NonFiniteError as e:
-        message = _nonfinite_message(e, run, trainer.command)
+        message = _nonfinite_message(e, run, trainer)
         run.log(message)
         raise UserError(message) from None
 

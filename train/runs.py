@@ -80,6 +80,16 @@ def find_model(path: str | Path, best: bool = False) -> tuple[Path, Optional[Tra
     return model, None
 
 
+def check_device_option(device: str) -> None:
+    """UserError for a --device this machine cannot use (see ``runner.check_device``)."""
+    from fwm_rl.train.runner import check_device
+
+    try:
+        check_device(device)
+    except ValueError as e:
+        raise UserError(f"--device: {e}") from None
+
+
 def load_agent(model_path: Path, algo: str, device: str = "auto"):
     """An agent loaded from an SB3 ``.zip`` for prediction (no environment attached)."""
     from fwm_rl.train.agent_factory import algorithm_class

@@ -308,7 +308,7 @@ class SupervisedTrainer(runner.Trainer):
                 carry = None
             logits, state = net(batch.tokens, carry)
             loss, sums = score(logits, batch, task.num_groups)
-            runner.check_finite_loss(loss, step)
+            runner.check_finite_loss(loss, step, step)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.max_grad_norm is not None:

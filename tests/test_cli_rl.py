@@ -197,3 +197,51 @@ def test_demo_quick_trains_fwm_and_lstm_evaluates_and_plots(tmp_path, capsys):
     assert result["curves"].read_bytes()[:4] == b"\x89PNG"
     out = capsys.readouterr().out
     assert "demo wall time" in out and "oracle" in out
+
+
+def test_train_without_eval_split_selects_on_val_and_never_plays_test(tmp_path, monkeypatch):
+    """Every env of a run (training, evaluation, the random/oracle references) is made through gymnasium; none of
+    them may be a test env, and best_model.zip comes from val evaluations."""
+    import gymnasium
+
+    splits = []
+    for name in ("make", "make_vec"):
+        real = getattr(gymnasium, name)
+
+        def spy(*args, _real=real, **kwargs):
+            splits.append(kwargs.get("split", "train"))
+            return _real(*args, **kwargs)
+
+        monkeypatch.setattr(gymnasium, name, spy)
+    config = {key: value for key, value in TINY.items() if key != "eval_split"}
+    result = rl.train(TrainConfig(**{**config, "total_timesteps": 80}), run_dir=tmp_path / "run", progress_bar=False,
+                      quiet=True)
+    assert result.step == 80 and (tmp_path / "run" / "best_model.zip").exists()
+    assert "test" not in splits and {"train", "val"} <= set(splits)
+    assert [key for key in metrics_without_timing(tmp_path / "run")[0] if key.startswith("val/")]
+
+
+@pytest.mark.parametrize("option, message", [(["--episodes", "0"], "--episodes must be >= 1, got 0"),
+                                             (["--n-envs", "0"], "--n-envs must be >= 1, got 0"),
+                                             (["--device", "tpu"], "--device: device 'tpu' is not a torch device")])
+def test_evaluate_refuses_zero_counts_and_unknown_devices(tiny_run, option, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["evaluate", str(tiny_run), *option])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 1 and len(err) == 1 and message in err[0]
+
+
+def test_evaluate_shows_a_progress_bar_of_episodes_and_env_steps(tiny_run, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["evaluate", str(tiny_run), "--episodes", "4", "--no-references"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 0 and "evaluating: 100%" in err and "4/4" in err and "env steps" in err
+
+
+def test_evaluate_writes_its_report_to_a_json_file(tiny_run, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["evaluate", str(tiny_run), "--episodes", "4", "--no-references", "--no-progress-bar", "--json-file",
+              str(tmp_path / "report.json")])
+    assert exit_info.value.code == 0
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["env_kwargs"]["split"] == "test" and report["rows"]["tiny"]["episodes"] == 4

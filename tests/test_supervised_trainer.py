@@ -125,3 +125,17 @@ def test_two_data_parallel_ranks_stay_identical_and_match_one_process_with_the_g
     assert torch.equal(rank0, rank1)
     single = train(SupervisedConfig(**cfg, batch_size=16), run_dir=tmp_path / "single", progress_bar=False)
     torch.testing.assert_close(flat_parameters(single["model"]), rank0, rtol=1e-5, atol=1e-6)
+
+
+def test_a_loss_that_goes_non_finite_stops_with_one_line_and_finite_checkpoints(tmp_path, capsys):
+    run_dir = tmp_path / "diverge"
+    code, err = run_main(["--task", "art", "--pairs", "2", "--train-size", "2000", "--val-size", "100",
+                          "--test-size", "100", "--data-dir", str(tmp_path / "data"), "--hidden-size", "8",
+                          "--steps", "20", "--eval-freq", "1", "--learning-rate", "1e30", "--threads", "1",
+                          "--run-dir", str(run_dir), "--no-progress-bar"], capsys)
+    lines = [line for line in err.strip().splitlines() if line.startswith("fwm-rl: ")]
+    checkpoints = RunDir(run_dir).checkpoints()
+    assert code == 1 and len(lines) == 1 and lines[0].startswith("fwm-rl: error: training stopped: non-finite loss")
+    assert f"last good checkpoint {checkpoints[-1]}" in lines[0] and "learning rate (1e+30)" in lines[0]
+    path, _, payload = RunDir(run_dir).read_newest_checkpoint()
+    assert path == checkpoints[-1] and all(bool(value.isfinite().all()) for value in payload["model"].values())

@@ -34,57 +34,31 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 def config_from_args(args: argparse.Namespace):
     """The TrainConfig of ``fwm-rl train`` options: defaults, then the --config file, then the options given."""
-    from fwm_rl.train.config import ALIASES, TrainConfig, find_config, load_config
+    from fwm_rl.train.rl import RLTrainer
+    from fwm_rl.train.runner import config_from_args
 
-    return _config_from_args(args, TrainConfig, ALIASES,
-                             load_config(find_config(args.config)) if args.config is not None else None)
-
-
-def _config_from_args(args: argparse.Namespace, config_class: type, aliases, base):
-    from fwm_rl.train.options import make_config, values_from_args
-
-    return make_config(config_class, values_from_args(args, config_class), source="command line", base=base,
-                       aliases=aliases)
+    return config_from_args(args, RLTrainer)
 
 
-def _run_trainer(args: argparse.Namespace, trainer_class: type, aliases, make_config) -> int:
-    """Start a run of the config ``make_config()`` reads from the options, or resume ``args.resume``, with
-    ``trainer_class`` (the train and supervised commands)."""
-    from fwm_rl.train import runner
-    from fwm_rl.train.options import values_from_args
-
-    fit_options = {"progress_bar": args.progress_bar}
-    if args.resume is not None:
-        if args.config is not None or args.run_dir is not None or args.overwrite:
-            raise UserError("--resume RUN_DIR continues a run with its own config; drop --config / --run-dir / "
-                            "--overwrite")
-        result = runner.resume(trainer_class, Path(args.resume), values_from_args(args, trainer_class.config_class),
-                               aliases=aliases, **fit_options)
-    else:
-        config = make_config()
-        result = runner.start(trainer_class, config, runner.run_dir_of(args, config), overwrite=args.overwrite,
-                              **fit_options)
+def _exit_status(result) -> int:
     return EXIT_INTERRUPTED if result.stopped == "interrupted" else 0
 
 
 def _train(args: argparse.Namespace) -> int:
-    from fwm_rl.train.config import ALIASES
     from fwm_rl.train.rl import RLTrainer
+    from fwm_rl.train.runner import run_from_args
 
-    return _run_trainer(args, RLTrainer, ALIASES, lambda: config_from_args(args))
+    return _exit_status(run_from_args(args, RLTrainer))
 
 
 def _supervised(args: argparse.Namespace) -> int:
     import torch.distributed
 
-    from fwm_rl.train.supervised import ALIASES, SupervisedConfig, SupervisedTrainer, load_config
-
-    def make_config():
-        base = load_config(Path(args.config)) if args.config is not None else None
-        return _config_from_args(args, SupervisedConfig, ALIASES, base)
+    from fwm_rl.train.runner import run_from_args
+    from fwm_rl.train.supervised import SupervisedTrainer
 
     try:
-        return _run_trainer(args, SupervisedTrainer, ALIASES, make_config)
+        return _exit_status(run_from_args(args, SupervisedTrainer))
     finally:
         if torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
@@ -140,10 +114,10 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from fwm_rl.train.config import ALIASES, TrainConfig, shipped_configs
-    from fwm_rl.train.supervised import ALIASES as SUPERVISED_ALIASES, SupervisedConfig
-    from fwm_rl.train.options import add_config_arguments
-    from fwm_rl.train.runner import add_run_arguments
+    from fwm_rl.train.config import shipped_configs
+    from fwm_rl.train.rl import RLTrainer
+    from fwm_rl.train.runner import add_trainer_arguments
+    from fwm_rl.train.supervised import SupervisedTrainer
 
     parser = argparse.ArgumentParser(prog="fwm-rl", description="Fast Weight Memory agents for meta-RL: train, "
                                      "evaluate, watch and plot recurrent agents on POMDP navigation tasks.")
@@ -158,11 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="examples:\n  fwm-rl train --config graphnav-fwm --time-budget 60\n"
                "  fwm-rl train --core lstm --hidden-size 128 --experiment my-lstm --total-timesteps 2e6\n"
                "  fwm-rl train --resume runs/graphnav-fwm")
-    train.add_argument("--config", metavar="NAME_OR_FILE",
-                       help=f"YAML config: a shipped experiment ({', '.join(shipped_configs())}) or a file; "
-                            "options below override its fields")
-    add_run_arguments(train)
-    add_config_arguments(train, TrainConfig, "experiment config (override the --config file)", ALIASES)
+    add_trainer_arguments(train, RLTrainer, config_help=f"YAML config: a shipped experiment "
+                          f"({', '.join(shipped_configs())}) or a file; options below override its fields")
     train.set_defaults(func=_train)
 
     evaluate = commands.add_parser(
@@ -228,11 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="examples:\n  fwm-rl supervised --task art --core fwlstm --pairs 8\n"
                "  fwm-rl supervised --task catbabi --core fwm --core-kwargs memory_size=16 --steps 2000\n"
                "  fwm-rl supervised --resume runs/art-fwlstm --steps 10000")
-    supervised.add_argument("--config", metavar="FILE", help="YAML config file (a run's config.yaml, or an old "
-                            "config.json); options below override its fields")
-    add_run_arguments(supervised)
-    add_config_arguments(supervised, SupervisedConfig, "supervised config (override the --config file)",
-                         SUPERVISED_ALIASES)
+    add_trainer_arguments(supervised, SupervisedTrainer, config_help="YAML config file (a run's config.yaml, or an "
+                          "old config.json); options below override its fields")
     supervised.set_defaults(func=_supervised)
     return parser
 

@@ -26,7 +26,7 @@ import torch
 from fwm_rl.train.agent_factory import algorithm_class, build_agent, resolved_config
 from fwm_rl.train.callback import EVAL_SEED, EpisodeStatsRecorder, RunCallback, ctrl_c_stops
 from fwm_rl.train.checkpoints import restore_agent
-from fwm_rl.train.config import ALIASES, TrainConfig
+from fwm_rl.train.config import ALIASES, TrainConfig, find_config, load_config
 from fwm_rl.train.evaluate import MAX_EVAL_ENVS, references
 from fwm_rl.train import runner
 from fwm_rl.train.io import write_json
@@ -42,6 +42,12 @@ class RLTrainer(runner.Trainer):
 
     config_class = TrainConfig
     command = "train"
+    aliases = ALIASES
+
+    @classmethod
+    def load_config(cls, name_or_path: str) -> TrainConfig:
+        """A shipped experiment name (``graphnav-fwm``) or a YAML file."""
+        return load_config(find_config(name_or_path))
 
     def __init__(self, config: TrainConfig, checkpoint: Optional[dict[str, Any]] = None, progress_bar: bool = True,
                  quiet: bool = False) -> None:
@@ -142,5 +148,4 @@ def train(config: TrainConfig, run_dir: Optional[Path] = None, runs_dir: Path = 
 def resume(run_dir: Path, overrides: Optional[dict[str, Any]] = None, progress_bar: bool = True,
            quiet: bool = False) -> runner.RunResult:
     """Continue the run in ``run_dir`` from its newest readable checkpoint; only TrainConfig.RESUMABLE may change."""
-    return runner.resume(RLTrainer, Path(run_dir), overrides, aliases=ALIASES, progress_bar=progress_bar,
-                         quiet=quiet)
+    return runner.resume(RLTrainer, Path(run_dir), overrides, progress_bar=progress_bar, quiet=quiet)

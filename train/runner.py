@@ -147,6 +147,12 @@ class Trainer(ABC):
 
     config_class: ClassVar[type[RunConfig]]
     command: ClassVar[str]  # the fwm-rl subcommand, for messages ("train", "supervised")
+    aliases: ClassVar[tuple[options.Alias, ...]] = ()  # deprecated spellings of config fields
+
+    @classmethod
+    def load_config(cls, name_or_path: str) -> RunConfig:
+        """The config of a ``--config`` file (a YAML mapping of field: value)."""
+        return options.load_config(cls.config_class, Path(name_or_path), cls.aliases)
 
     def __init__(self, config: RunConfig, checkpoint: Optional[dict[str, Any]] = None, progress_bar: bool = True,
                  quiet: bool = False) -> None:
@@ -232,7 +238,7 @@ def resumed_config(config_class: type[RunConfig], run: RunDir, saved: Optional[d
 
 
 def resume(trainer_class: type[Trainer], run_dir: Path, overrides: Optional[dict[str, Any]] = None,
-           aliases: Sequence[options.Alias] = (), **fit_options: Any) -> RunResult:
+           **fit_options: Any) -> RunResult:
     """Continue the run in ``run_dir`` from its newest readable checkpoint (from the start when it has none)."""
     run = RunDir(run_dir)
     if not run.holds_a_run():
@@ -241,7 +247,7 @@ def resume(trainer_class: type[Trainer], run_dir: Path, overrides: Optional[dict
         newest = run.read_newest_checkpoint()
         step, payload = (newest[1], newest[2]) if newest else (None, None)
         config = resumed_config(trainer_class.config_class, run, payload["config"] if payload else None,
-                                overrides or {}, aliases)
+                                overrides or {}, trainer_class.aliases)
         trainer = trainer_class(config, payload, **fit_options)
         if is_main_process():
             run.write_config(dataclasses.asdict(trainer.resolved_config()))
@@ -252,18 +258,40 @@ def resume(trainer_class: type[Trainer], run_dir: Path, overrides: Optional[dict
 
 # Command line ------------------------------------------------------------------------------------------------------
 
-def add_run_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options every trainer's command has: --config, --resume, --runs-dir, --run-dir, --overwrite and
-    --progress-bar."""
+def add_trainer_arguments(parser: argparse.ArgumentParser, trainer_class: type[Trainer],
+                          config_help: str = "YAML config file; options below override its fields") -> None:
+    """The options of a trainer's command: --config, --resume, --runs-dir, --run-dir, --overwrite, --progress-bar,
+    then one option per config field (deprecated spellings accepted with a warning)."""
+    parser.add_argument("--config", metavar="NAME_OR_FILE", help=config_help)
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its newest readable "
-                        "checkpoint (only the resumable fields may be given)")
+                        f"checkpoint (only {', '.join(trainer_class.config_class.RESUMABLE)} may be given)")
     parser.add_argument("--runs-dir", type=Path, default=Path("runs"), help="folder of run directories [default: runs]")
     parser.add_argument("--run-dir", type=Path, help="run directory [default: RUNS_DIR/EXPERIMENT]")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing run directory (only after the "
                         "new run has been validated, and not while another process writes it)")
     parser.add_argument("--progress-bar", action=argparse.BooleanOptionalAction, default=True,
                         help="show a progress bar [default: on]")
+    options.add_config_arguments(parser, trainer_class.config_class,
+                                 f"{trainer_class.command} config (override the --config file)", trainer_class.aliases)
 
 
-def run_dir_of(args: argparse.Namespace, config: RunConfig) -> Path:
-    return Path(args.run_dir) if args.run_dir is not None else Path(args.runs_dir) / config.experiment
+def config_from_args(args: argparse.Namespace, trainer_class: type[Trainer]) -> RunConfig:
+    """The config of a new run: defaults, then the --config file, then the options given."""
+    config_class = trainer_class.config_class
+    base = trainer_class.load_config(args.config) if args.config is not None else None
+    return options.make_config(config_class, options.values_from_args(args, config_class), source="command line",
+                               base=base, aliases=trainer_class.aliases)
+
+
+def run_from_args(args: argparse.Namespace, trainer_class: type[Trainer]) -> RunResult:
+    """Start the run the options describe, or resume ``--resume RUN_DIR`` (with the resumable options given)."""
+    fit_options = {"progress_bar": args.progress_bar}
+    if args.resume is not None:
+        if args.config is not None or args.run_dir is not None or args.overwrite:
+            raise UserError("--resume RUN_DIR continues a run with its own config; drop --config / --run-dir / "
+                            "--overwrite")
+        overrides = options.values_from_args(args, trainer_class.config_class)
+        return resume(trainer_class, Path(args.resume), overrides, **fit_options)
+    config = config_from_args(args, trainer_class)
+    run_dir = Path(args.run_dir) if args.run_dir is not None else Path(args.runs_dir) / config.experiment
+    return start(trainer_class, config, run_dir, overwrite=args.overwrite, **fit_options)

@@ -252,6 +252,11 @@ class SupervisedTrainer(runner.Trainer):
 
     config_class = SupervisedConfig
     command = "supervised"
+    aliases = ALIASES
+
+    @classmethod
+    def load_config(cls, name_or_path: str) -> SupervisedConfig:
+        return load_config(Path(name_or_path))
 
     def __init__(self, config: SupervisedConfig, checkpoint: Optional[dict[str, Any]] = None,
                  progress_bar: bool = True, quiet: bool = False) -> None:
@@ -386,7 +391,7 @@ def train(cfg: SupervisedConfig, run_dir: Optional[Path] = None, runs_dir: Path 
 def resume(run_dir: Path, overrides: Optional[dict[str, Any]] = None, progress_bar: bool = True,
            quiet: bool = False) -> dict[str, Any]:
     """Continue the run in ``run_dir`` from its newest readable checkpoint; only RESUMABLE fields may change."""
-    return runner.resume(SupervisedTrainer, Path(run_dir), overrides, aliases=ALIASES, progress_bar=progress_bar,
+    return runner.resume(SupervisedTrainer, Path(run_dir), overrides, progress_bar=progress_bar,
                          quiet=quiet).summary
 
 

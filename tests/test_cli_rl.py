@@ -13,6 +13,9 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
+
+import fwm_rl
 
 from fwm_rl.envs import run_reference
 from fwm_rl.train import rl
@@ -192,11 +195,12 @@ def test_gridmaze_run_evaluates_on_user_drawn_layouts(tmp_path, capsys):
 
 
 def test_demo_quick_trains_fwm_and_lstm_evaluates_and_plots(tmp_path, capsys):
-    result = run_demo(tmp_path / "demo", quick=True)
+    result = run_demo(tmp_path / "demo", quick=True, seed=3)
     assert list(result["rows"]) == ["random", "oracle", "demo-fwm", "demo-lstm"]
     assert result["curves"].read_bytes()[:4] == b"\x89PNG"
     out = capsys.readouterr().out
-    assert "demo wall time" in out and "oracle" in out
+    assert "demo wall time" in out and "oracle" in out and "== demo seed 3" in out
+    assert all(yaml.safe_load((run_dir / "config.yaml").read_text())["seed"] == 3 for run_dir in result["run_dirs"])
 
 
 def test_train_without_eval_split_selects_on_val_and_never_plays_test(tmp_path, monkeypatch):
@@ -245,3 +249,28 @@ def test_evaluate_writes_its_report_to_a_json_file(tiny_run, tmp_path, capsys):
     assert exit_info.value.code == 0
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["env_kwargs"]["split"] == "test" and report["rows"]["tiny"]["episodes"] == 4
+
+
+def test_config_yaml_records_every_value_that_ran_and_its_provenance(tiny_run):
+    from fwm_rl.train.agent_factory import ALGO_FIELDS
+
+    config = yaml.safe_load((tiny_run / "config.yaml").read_text())
+    for name in (*ALGO_FIELDS, "critic", "net_arch", "optimizer", "threads"):
+        assert config[name] is not None, name
+    agent = load_agent(tiny_run / "model.zip", "ppo")
+    assert config["gamma"] == agent.gamma and config["learning_rate"] == agent.learning_rate
+    assert config["ent_coef"] == agent.ent_coef and config["max_grad_norm"] == agent.max_grad_norm
+    assert config["device"] == "cpu" and config["optimizer"] == "adam" and config["critic"] == "separate"
+    provenance = config["provenance"]
+    assert provenance["fwm_rl_version"] == fwm_rl.__version__
+    assert len(provenance["git_commit"]) == 40 and isinstance(provenance["git_dirty"], bool)
+
+
+def test_a2c_resolves_its_own_defaults_and_leaves_the_ppo_only_fields_none():
+    from fwm_rl.train.rl import RLTrainer
+
+    trainer = RLTrainer(TrainConfig(algo="a2c", core="mlp", n_envs=2, n_steps=5, eval_split=None, threads=1))
+    resolved = trainer.resolved_config()
+    assert resolved.batch_size is None and resolved.n_epochs is None
+    assert (resolved.learning_rate, resolved.gamma, resolved.optimizer) == (7e-4, 0.99, "rmsprop")
+    assert resolved.optimizer_kwargs == {"alpha": 0.99, "eps": 1e-5, "weight_decay": 0}

@@ -109,7 +109,7 @@ def _plot(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from fwm_rl.train.demo import run_demo
 
-    run_demo(Path(args.out), quick=args.quick, minutes=args.minutes)
+    run_demo(Path(args.out), quick=args.quick, minutes=args.minutes, seed=args.seed)
     return 0
 
 
@@ -185,6 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="runs/demo", help="folder for the demo's runs and plot [default: runs/demo]")
     demo.add_argument("--minutes", type=float, help="training minutes of the FWM agent (the LSTM gets a third) "
                                                     "[default: 5]")
+    demo.add_argument("--seed", type=int, default=0, help="seed of both agents' runs (printed) [default: 0]")
     demo.add_argument("--quick", action="store_true", help="a few seconds of training on small settings (for tests)")
     demo.set_defaults(func=_demo)
 

@@ -234,3 +234,26 @@ def test_training_that_goes_non_finite_stops_with_one_line_and_a_finite_last_che
     _, _, payload = RunDir(run_dir).read_newest_checkpoint()
     model = restore_agent(payload, algorithm_class("a2c"), "cpu")
     assert all(bool(p.isfinite().all()) for p in model.policy.parameters())
+
+
+def test_no_checkpoint_is_written_with_non_finite_parameters(tmp_path):
+    import torch
+
+    from fwm_rl.agents import NonFiniteError
+    from fwm_rl.train.runner import RunConfig, RunResult, Trainer
+
+    class Tiny(Trainer):
+        config_class, command = RunConfig, "tiny"
+
+        def fit(self, run, start_step):
+            return RunResult(run.path, 0)
+
+    module = torch.nn.Linear(2, 2)
+    run = RunDir(tmp_path / "run")
+    Tiny(RunConfig()).save_checkpoint(run, 1, {"model": module.state_dict()}, module, update=0)
+    with torch.no_grad():
+        module.weight[0, 1] = float("nan")
+    with pytest.raises(NonFiniteError) as info:
+        Tiny(RunConfig()).save_checkpoint(run, 2, {"model": module.state_dict()}, module, update=1)
+    assert info.value.quantity == "parameters (weight)" and info.value.update == 1
+    assert [p.name for p in run.checkpoints()] == ["step_000000000001.ckpt"]

@@ -12,7 +12,7 @@ from fwm_rl.agents.a2c import RecurrentA2C, paper_a2c_kwargs
 from fwm_rl.agents.buffers import TrajectoryBatch, TrajectoryDictRolloutBuffer, TrajectoryRolloutBuffer
 from fwm_rl.agents.checks import NonFiniteError
 from fwm_rl.agents.policies import CRITIC_MODES, CorePolicy, LSTMPolicy, MultiInputCorePolicy, MultiInputLSTMPolicy
-from fwm_rl.agents.ppo import RecurrentPPO
+from fwm_rl.agents.ppo import EnvStep, RecurrentPPO
 from fwm_rl.agents.sb3_contrib_adapter import MultiInputSB3ContribCorePolicy, PackedStateLayout, SB3ContribCorePolicy
 from fwm_rl.agents.state import ActorCriticStates
 
@@ -23,6 +23,7 @@ __all__ = [
     "CRITIC_MODES",
     "ActorCriticStates",
     "CorePolicy",
+    "EnvStep",
     "FWMPolicy",
     "LSTMPolicy",
     "MultiInputCorePolicy",

@@ -10,7 +10,7 @@ env-trajectories ``[n_steps, B_mb]`` run through the core in one call, and a bat
 from __future__ import annotations
 
 import copy
-from typing import Any, ClassVar, Optional, TypeVar, Union
+from typing import Any, ClassVar, NamedTuple, Optional, TypeVar, Union
 
 import numpy as np
 import torch as th
@@ -44,6 +44,16 @@ RUNTIME_STATE = {
     "episode_num": "_episode_num",
     "current_progress_remaining": "_current_progress_remaining",
 }
+
+class EnvStep(NamedTuple):
+    """What the vec env returned on the latest step of a rollout (``RecurrentPPO.last_env_step``): the env's own
+    rewards, before any timeout bootstrap is added."""
+
+    observations: Union[np.ndarray, dict[str, np.ndarray]]  # [n_envs, ...], after autoreset
+    rewards: np.ndarray  # [n_envs]
+    dones: np.ndarray  # [n_envs]
+    infos: list[dict[str, Any]]
+
 
 SelfRecurrentPPO = TypeVar("SelfRecurrentPPO", bound="RecurrentPPO")
 
@@ -139,6 +149,7 @@ class RecurrentPPO(OnPolicyAlgorithm):
         self.target_kl = target_kl
         self.timeout_bootstrap = timeout_bootstrap
         self._last_core_states: Optional[ActorCriticStates] = None
+        self.last_env_step: Optional[EnvStep] = None  # for callbacks: read it in on_step, instead of self.locals
         if _init_setup_model:
             self._setup_model()
 
@@ -247,6 +258,7 @@ class RecurrentPPO(OnPolicyAlgorithm):
                 clipped_actions = np.clip(actions, self.action_space.low, self.action_space.high)
             new_obs, rewards, dones, infos = env.step(clipped_actions)
             self.num_timesteps += env.num_envs
+            self.last_env_step = EnvStep(new_obs, rewards, dones, infos)
             callback.update_locals(locals())
             if not callback.on_step():
                 return False
@@ -310,7 +322,7 @@ class RecurrentPPO(OnPolicyAlgorithm):
         )
 
     def _excluded_save_params(self) -> list[str]:
-        return [*super()._excluded_save_params(), "_last_core_states"]  # runtime state: see get_runtime_state
+        return [*super()._excluded_save_params(), "_last_core_states", "last_env_step"]  # see get_runtime_state
 
     def get_runtime_state(self) -> dict[str, Any]:
         """What the next ``learn(..., reset_num_timesteps=False)`` reads beyond what ``save()`` stores: the last

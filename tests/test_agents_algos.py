@@ -13,7 +13,7 @@ import pytest
 import sb3_contrib
 import torch as th
 from gymnasium import spaces
-from stable_baselines3.common.callbacks import EvalCallback
+from stable_baselines3.common.callbacks import BaseCallback, EvalCallback
 from stable_baselines3.common.env_util import make_vec_env as sb3_make_vec_env
 from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.logger import configure
@@ -59,15 +59,27 @@ def test_rollout_equals_sb3_contrib_rollout_including_timeout_bootstrap():
         np.testing.assert_allclose(getattr(a, name), getattr(b, name), atol=1e-5, rtol=1e-5, err_msg=name)
 
 
+class EnvStepRecorder(BaseCallback):
+    """Collects the env's rewards of every step through ``model.last_env_step``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rewards: list[np.ndarray] = []
+
+    def _on_step(self) -> bool:
+        self.rewards.append(self.model.last_env_step.rewards.copy())
+        return True
+
+
 def test_timeout_bootstrap_false_treats_truncation_as_termination():
-    ours = RecurrentPPO(CorePolicy, graph_env(3, episode_steps=5), n_steps=10, batch_size=None, gamma=0.9,
-                        timeout_bootstrap=False, policy_kwargs=SMALL_FWM, seed=0, device="cpu")
-    rewards = []
-    callback = start_learning(ours)
-    callback.update_locals = lambda local_vars: rewards.append(local_vars["rewards"].copy())  # env rewards per step
-    ours.collect_rollouts(ours.env, callback, ours.rollout_buffer, ours.n_steps)
-    assert ours.rollout_buffer.episode_starts[1:].any()
-    np.testing.assert_array_equal(ours.rollout_buffer.rewards, np.stack(rewards[: ours.n_steps]))
+    for timeout_bootstrap in (False, True):
+        ours = RecurrentPPO(CorePolicy, graph_env(3, episode_steps=5), n_steps=10, batch_size=None, gamma=0.9,
+                            timeout_bootstrap=timeout_bootstrap, policy_kwargs=SMALL_FWM, seed=0, device="cpu")
+        recorder = EnvStepRecorder()
+        ours.learn(30, callback=recorder)
+        assert ours.rollout_buffer.episode_starts[1:].any()
+        same = np.array_equal(ours.rollout_buffer.rewards, np.stack(recorder.rewards))
+        assert same == (not timeout_bootstrap)  # the bootstrap adds gamma * V(terminal obs) at truncations
 
 
 def test_buffer_stores_state_once_and_yields_whole_env_trajectories():

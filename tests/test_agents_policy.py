@@ -305,3 +305,59 @@ def test_multi_input_policy_handles_dict_observations(algo, policy, tmp_path):
     model.save(tmp_path / "model")
     loaded = algo.load(tmp_path / "model", env=dict_obs_env(), device="cpu")
     assert_same_predictions(model, loaded, dict_obs_env(seed=2))
+
+
+# ------------------------------------------------------------------ predict: bad inputs are one-line ValueErrors
+
+
+def one_env_state(policy) -> tuple[np.ndarray, ...]:
+    """A valid state for one env, in the policy's format (the core's tuple, or the adapter's packed pair)."""
+    _, state = policy.predict(np.zeros((1, *policy.observation_space.shape), np.float32))
+    return state
+
+
+PACKED_GARBAGE = r"packed state must be two arrays \[1, B, \d+\] \(the state predict returned\), got "
+NATIVE_GARBAGE = r"state must be the \(h, c, F\) tuple that predict returned, shapes \[\(3, 16\), \(3, 16\), "
+BAD_PREDICT_INPUTS = {  # id: (state, episode_start, NaN observation entry, message)
+    "state-of-1-env-for-3-obs": (one_env_state, None, None, r"state holds \[1\] env row\(s\) but the observation "
+                                 r"holds 3: pass the state predict returned for these 3 envs, or state=None"),
+    "short-episode-start": (None, np.ones(2, bool), None, r"episode_start must hold one flag per observation, "
+                            r"shape \(3,\), got bool of shape \(2,\)"),
+    "episode-start-of-wrong-rank": (None, np.ones((3, 1), bool), None, r"episode_start must hold one flag per "),
+    "garbage-state": (("garbage",), None, None, "GARBAGE"),
+    "state-not-a-tuple": (np.zeros(3), None, None, "GARBAGE"),
+    "state-of-nones": ((None, None, None), None, None, "GARBAGE"),
+    "nan-observation": (None, None, (1, 0), r"the observation holds NaN \(rows \[1\]\); check the environment"),
+}
+
+
+@pytest.mark.parametrize("algo, policy_class", [(RecurrentPPO, CorePolicy), (sb3_contrib.RecurrentPPO, FWMPolicy)],
+                         ids=["core-policy", "sb3-contrib-adapter"])
+@pytest.mark.parametrize("case", list(BAD_PREDICT_INPUTS))
+def test_predict_rejects_bad_inputs_with_one_line_value_error(algo, policy_class, case):
+    state, episode_start, nan_at, message = BAD_PREDICT_INPUTS[case]
+    if message == "GARBAGE":
+        message = PACKED_GARBAGE if policy_class is FWMPolicy else NATIVE_GARBAGE
+    env = graph_env(3)
+    model = algo(policy_class, env, n_steps=4, batch_size=12, policy_kwargs=SMALL_FWM, device="cpu")
+    obs = env.reset()
+    if nan_at is not None:
+        obs[nan_at] = np.nan
+    if callable(state):
+        state = state(model.policy)
+    with pytest.raises(ValueError, match=message) as error:
+        model.predict(obs, state=state, episode_start=episode_start)
+    assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("algo, policy_class", [(RecurrentPPO, CorePolicy), (sb3_contrib.RecurrentPPO, FWMPolicy)],
+                         ids=["core-policy", "sb3-contrib-adapter"])
+def test_predict_state_round_trips_and_a_single_observation_works(algo, policy_class):
+    env = graph_env(3)
+    model = algo(policy_class, env, n_steps=4, batch_size=12, policy_kwargs=SMALL_FWM, device="cpu")
+    obs = env.reset()
+    actions, state = model.predict(obs, episode_start=np.ones(3, bool))
+    actions, state = model.predict(obs, state=state, episode_start=np.zeros(3, bool))
+    assert actions.shape == (3,)
+    single, single_state = model.predict(obs[0])
+    assert np.shape(single) == () and all(s.shape[-2 if policy_class is FWMPolicy else 0] == 1 for s in single_state)

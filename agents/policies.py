@@ -10,6 +10,7 @@ unmodified ``sb3_contrib.RecurrentPPO``.
 """
 from __future__ import annotations
 
+import inspect
 from typing import Any, Callable, Optional, Union
 
 import numpy as np
@@ -62,14 +63,17 @@ class CorePolicy(ActorCriticPolicy):
         baseline)
     :param hidden_size: the core's hidden size
     :param core_kwargs: further core options, e.g. ``dict(memory_size=16, preset="rl")`` for "fwm"
-    :param critic: "separate" (the critic has its own core, the default), "shared" (the critic reads the actor core's
-        output detached, so only the actor loss trains the core: sb3-contrib's ``shared_lstm``), "joint" (one core,
-        two heads, both losses train it: the FWM paper's agent) or "none" (the critic is feed-forward)
+    :param critic: "shared" (the default: the critic reads the actor core's output detached, so only the actor loss
+        trains the core, as sb3-contrib's ``shared_lstm``; one core pass serves both), "separate" (the critic has its
+        own core: sb3-contrib's default, twice the core compute), "joint" (one core, two heads, both losses train it:
+        the FWM paper's agent) or "none" (the critic is feed-forward)
     :param net_arch: MLP layers after the core, as in SB3 (default ``dict(pi=[64, 64], vf=[64, 64])``; ``[]`` puts
         linear heads directly on the core, as in the FWM paper)
 
     The other parameters are ``ActorCriticPolicy``'s (activation, ``ortho_init`` of extractor, MLP and heads (the
-    core keeps its own init), gSDE options, features extractor, optimizer).
+    core keeps its own init), gSDE options, features extractor, optimizer). An optimizer that has a fused
+    implementation (Adam, AdamW, SGD, ...) gets ``fused=True`` unless ``optimizer_kwargs`` sets ``fused`` or
+    ``foreach``: one kernel for all parameters instead of a dozen small ops per parameter tensor.
     """
 
     def __init__(
@@ -80,7 +84,7 @@ class CorePolicy(ActorCriticPolicy):
         core: str = "fwm",
         hidden_size: int = 32,
         core_kwargs: Optional[dict[str, Any]] = None,
-        critic: str = "separate",
+        critic: str = "shared",
         net_arch: Optional[Union[list[int], dict[str, list[int]]]] = None,
         activation_fn: type[nn.Module] = nn.Tanh,
         ortho_init: bool = True,
@@ -107,6 +111,9 @@ class CorePolicy(ActorCriticPolicy):
         self.hidden_size = hidden_size
         self.core_kwargs = dict(core_kwargs or {})
         self.critic_mode = critic
+        optimizer_kwargs = dict(optimizer_kwargs or {})
+        if not {"fused", "foreach"} & set(optimizer_kwargs) and "fused" in inspect.signature(optimizer_class).parameters:
+            optimizer_kwargs["fused"] = True
         super().__init__(  # builds the features extractor, then calls our _build_mlp_extractor, heads, optimizer
             observation_space,
             action_space,

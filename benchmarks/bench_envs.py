@@ -69,7 +69,7 @@ def references() -> None:
           "exploit ratio (visits >= 2) |")
     print("|---|---|---|---:|---:|---:|---:|---:|")
     for env_id, kwargs in REFERENCE_CONFIGS:
-        n = gym.make(env_id, **kwargs).unwrapped.core.n_layouts
+        n = gym.make(env_id, **kwargs).unwrapped.dynamics.n_layouts
         for policy in ("random", "oracle"):
             stats = fwm_rl.envs.run_reference(env_id, policy, n, seed=0, layout_order="sequential", **kwargs)
             first = [s.steps_to_first_goal for s in stats if s.steps_to_first_goal is not None]
@@ -97,7 +97,8 @@ def main() -> None:
         rows.append((env_id, "single env (gym.make, wrappers)", 1,
                      median(lambda: single_env_rate(env, args.steps), args.repeats)))
         raw = gym.make(env_id).unwrapped
-        rows.append((env_id, "single env (unwrapped)", 1, median(lambda: single_env_rate(raw, args.steps), args.repeats)))
+        rows.append((env_id, "single env (unwrapped)", 1,
+                     median(lambda: single_env_rate(raw, args.steps), args.repeats)))
         for n in BATCH_SIZES:
             venv = gym.make_vec(env_id, num_envs=n, vectorization_mode="vector_entry_point")
             venv.reset(seed=0)

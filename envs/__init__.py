@@ -18,14 +18,10 @@ from fwm_rl.envs.reference import EpisodeRecorder, EpisodeStats, run_reference
 __all__ = ["GraphNavEnv", "GraphNavVectorEnv", "GridMazeEnv", "GridMazeVectorEnv", "Layout", "layout_id",
            "load_layouts", "parse_layout", "EpisodeRecorder", "EpisodeStats", "run_reference", "make_vec_env"]
 
-_IDS = {
-    "FWM/GraphNav-v0": "fwm_rl.envs.graph_nav:GraphNav",
-    "FWM/GridMaze-v0": "fwm_rl.envs.grid_maze:GridMaze",
-}
-
-for _env_id, _prefix in _IDS.items():
-    if _env_id not in gymnasium.registry:
-        gymnasium.register(id=_env_id, entry_point=_prefix + "Env", vector_entry_point=_prefix + "VectorEnv")
+for _env, _vector_env in ((GraphNavEnv, GraphNavVectorEnv), (GridMazeEnv, GridMazeVectorEnv)):
+    if _env.env_id not in gymnasium.registry:
+        gymnasium.register(id=_env.env_id, entry_point=f"{_env.__module__}:{_env.__qualname__}",
+                           vector_entry_point=f"{_vector_env.__module__}:{_vector_env.__qualname__}")
 
 
 def __getattr__(name: str) -> Any:

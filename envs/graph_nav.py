@@ -24,7 +24,7 @@ Differences from the official code, all in the observation (the dynamics are the
 * The official code feeds the same time fraction (step / 30 before acting); here the observation after the k-th
   step carries k / episode_steps, i.e. the same value at the same decision point (0 at reset).
 
-Splits (:func:`~fwm_rl.envs.graphs.graph_sets`): "train" and "test" are the paper's fixed sets of 600 graphs; "val"
+Splits (:func:`~fwm_rl.envs.graphs.split_graphs`): "train" and "test" are the paper's fixed sets of 600 graphs; "val"
 is our frozen set of 600 graphs, none isomorphic to a train or test graph, for model selection; "procedural" draws a
 fresh graph per lifetime from the env's ``np_random`` and redraws any graph isomorphic to a val or test graph. No two
 of train, val and test share a graph up to node relabelling. With ``layout_order="sequential"`` env i of n gets
@@ -34,36 +34,41 @@ from __future__ import annotations
 
 import numpy as np
 
-from fwm_rl.envs.core import BatchedCore, check_choice, check_int
-from fwm_rl.envs.env import CoreEnv, CoreVectorEnv
-from fwm_rl.envs.graphs import canonical_graph_ids, graph_id, graph_sets, paper_graph_sets, sample_graphs, shortest_paths
+from fwm_rl.envs.checks import check_choice, check_int
+from fwm_rl.envs.dynamics import BatchedDynamics
+from fwm_rl.envs.env import TaskEnv, TaskVectorEnv
+from fwm_rl.envs.graphs import canonical_graph_ids, graph_id, sample_graphs, shortest_paths, split_graphs
+from fwm_rl.envs.render import graph_ansi, graph_frame
 from fwm_rl.envs.streams import draw_index, draw_other
 
+ENV_ID = "FWM/GraphNav-v0"
 GRAPH_SPLITS = ("train", "val", "test", "procedural")
+MAX_NODES = MAX_ACTIONS = 16  # the val and paper sets take a few seconds to draw at this size
 GOAL_REWARD = 10.0
 NO_EDGE_PENALTY = 0.05
 
 
-class GraphNavCore(BatchedCore):
+class GraphNavDynamics(BatchedDynamics):
     """Batched GraphNav dynamics (see the module docstring). Row state: graph ``succ`` [B, n, a], ``goal`` [B],
     ``pos`` [B] and ``timeout_at`` [B], the official timeout counter kept as the step count t at which the next
-    non-goal step times out (so it needs no update on ordinary steps). Per-row tables filled when a lifetime starts: ``next_node`` [B, n a] (the node
-    after each (node, action); the same node where there is no edge), ``edge_reward`` [B, n a] and ``dist``
-    [B, n, n]."""
+    non-goal step times out (so it needs no update on ordinary steps). Per-row tables filled when a lifetime starts:
+    ``next_node`` [B, n a] (the node after each (node, action); the same node where there is no edge),
+    ``edge_reward`` [B, n a] and ``dist`` [B, n, n]."""
 
     def __init__(self, n_rows: int, split: str = "train", n_nodes: int = 5, n_actions: int = 3,
                  episode_steps: int = 30, layout_order: str = "random") -> None:
         check_choice("split", split, GRAPH_SPLITS)
-        self.n_nodes = check_int("n_nodes", n_nodes, 3)
-        self.n_actions = check_int("n_actions", n_actions, 3)  # fewer leaves the sampler no free (node, action)
+        self.n_nodes = check_int("n_nodes", n_nodes, 3, MAX_NODES)
+        self.n_actions = check_int("n_actions", n_actions, 3, MAX_ACTIONS)  # fewer leaves the sampler no free slot
         self.split = split
-        sets = paper_graph_sets(self.n_nodes, self.n_actions) if split in ("train", "test") else graph_sets(
-            self.n_nodes, self.n_actions)
-        self.forbidden = frozenset()  # canonical ids of the held-out graphs, redrawn by "procedural"
+        n, a = self.n_nodes, self.n_actions
+        self.forbidden: frozenset[str] = frozenset()  # canonical ids that "procedural" redraws
         if split == "procedural":
-            self.forbidden = frozenset(canonical_graph_ids(np.concatenate([sets["val"], sets["test"]])))
-        self.bank = None if split == "procedural" else sets[split]
-        if self.bank is not None:
+            self.bank = None
+            held_out = np.concatenate([split_graphs("val", n, a), split_graphs("test", n, a)])
+            self.forbidden = frozenset(canonical_graph_ids(held_out))
+        else:
+            self.bank = split_graphs(split, n, a)
             self.bank_tables = self._tables(self.bank)
             self.bank_ids = [graph_id(g) for g in self.bank]
         super().__init__(n_rows, episode_steps, None if self.bank is None else len(self.bank), layout_order)
@@ -151,19 +156,24 @@ class GraphNavCore(BatchedCore):
         return np.argmin(np.where(nxt >= 0, remaining, self.n_nodes + 1), axis=1)
 
 
-class GraphNavEnv(CoreEnv):
+class GraphNavEnv(TaskEnv):
     """``FWM/GraphNav-v0`` (single env). Kwargs: split ("train", "val", "test", "procedural"), n_nodes, n_actions,
     episode_steps, layout_order."""
 
-    core_class = GraphNavCore
+    env_id = ENV_ID
+    dynamics_class = GraphNavDynamics
 
     def draw(self, mode: str) -> str | np.ndarray:
-        from fwm_rl.envs.render import graph_ansi, graph_frame
+        d = self.dynamics
+        if mode == "rgb_array":
+            return graph_frame(d.succ[0], d.goal[0], d.pos[0], self.trail)
+        head = (f"t={d.t[0]}/{d.episode_steps} agent={d.pos[0]} goal={d.goal[0]} goals={d.goals_reached[0]} "
+                f"graph={d.layout_ids[0]}")
+        return head + "\n" + graph_ansi(d.succ[0], d.goal[0], d.pos[0])
 
-        return graph_ansi(self.core, 0) if mode == "ansi" else graph_frame(self.core, 0, self.trail)
 
-
-class GraphNavVectorEnv(CoreVectorEnv):
+class GraphNavVectorEnv(TaskVectorEnv):
     """Native batched ``FWM/GraphNav-v0``: ``num_envs`` graphs stepped by one numpy call."""
 
-    core_class = GraphNavCore
+    env_id = ENV_ID
+    dynamics_class = GraphNavDynamics

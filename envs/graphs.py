@@ -14,10 +14,12 @@ With 5 nodes and 3 actions every graph has exactly 10 edges. The paper's sets co
 it is *isomorphic* to a test graph (equal up to relabelling the nodes, :func:`canonical_graph_id`); with 5 nodes and 3
 actions no official train graph is, so both rules give the official sets (tested against frozen digests).
 
-The val set (:func:`graph_sets`) is ours: up to 600 graphs drawn by the same procedure from its own
-``RandomState(VAL_DATA_SEED)``, each redrawn while it is isomorphic to a train, test or earlier val graph. For 5
-nodes and 3 actions it ships frozen in ``data/graphnav-val-nodes5-actions3.txt`` (written by ``python -m
-fwm_rl.envs.graphs``); other sizes are generated the same way on first use.
+The val set is ours: up to 600 graphs drawn by the same procedure from its own ``RandomState(VAL_DATA_SEED)``, each
+redrawn while it is isomorphic to a train, test or earlier val graph.
+
+:func:`split_graphs` serves the three sets. For 5 nodes and 3 actions they ship frozen as
+``data/graphnav-{split}-nodes5-actions3.txt`` (written by ``python -m fwm_rl.envs.graphs``; a test regenerates
+them), so an env loads them instead of drawing them; other sizes are generated the same way on first use.
 """
 from __future__ import annotations
 
@@ -177,6 +179,10 @@ def _draw_set(rs: np.random.RandomState, count: int, n_nodes: int, n_actions: in
         graphs.append(graph[0])
         if distinct:
             taken.add(key)
+    return _read_only(graphs)
+
+
+def _read_only(graphs: list[np.ndarray]) -> np.ndarray:
     out = np.stack(graphs)
     out.flags.writeable = False
     return out
@@ -191,8 +197,12 @@ def paper_graph_sets(n_nodes: int = 5, n_actions: int = 3) -> dict[str, np.ndarr
     return {"test": test, "train": train}
 
 
-def val_path(n_nodes: int, n_actions: int) -> Path:
-    return DATA_DIR / f"graphnav-val-nodes{n_nodes}-actions{n_actions}.txt"
+SPLITS = ("train", "val", "test")
+SHIPPED_SIZE = (5, 3)  # (n_nodes, n_actions) of the shipped files
+
+
+def frozen_path(split: str, n_nodes: int, n_actions: int) -> Path:
+    return DATA_DIR / f"graphnav-{split}-nodes{n_nodes}-actions{n_actions}.txt"
 
 
 def build_val(n_nodes: int, n_actions: int) -> np.ndarray:
@@ -203,8 +213,13 @@ def build_val(n_nodes: int, n_actions: int) -> np.ndarray:
                      distinct=True)
 
 
-def _read_val(path: Path, n_nodes: int, n_actions: int) -> np.ndarray:
-    """Graphs of a val file: one per line, its id then succ row-major; ``;`` lines are comments."""
+def build_split(split: str, n_nodes: int, n_actions: int) -> np.ndarray:
+    """Generate one frozen set ("train", "val" or "test") -> succ [G, n, a]."""
+    return build_val(n_nodes, n_actions) if split == "val" else paper_graph_sets(n_nodes, n_actions)[split]
+
+
+def _read_graphs(path: Path, n_nodes: int, n_actions: int) -> np.ndarray:
+    """Graphs of a frozen file: one per line, its id then succ row-major; ``;`` lines are comments."""
     graphs = []
     for number, line in enumerate(path.read_text().splitlines(), start=1):
         if line.startswith(";") or not line.strip():
@@ -214,30 +229,38 @@ def _read_val(path: Path, n_nodes: int, n_actions: int) -> np.ndarray:
         if graph_id(graph) != key:
             raise ValueError(f"{path}, line {number}: graph does not match its id {key}")
         graphs.append(graph)
-    out = np.stack(graphs)
-    out.flags.writeable = False
-    return out
+    return _read_only(graphs)
 
 
 @functools.cache
+def split_graphs(split: str, n_nodes: int = 5, n_actions: int = 3) -> np.ndarray:
+    """One frozen set ("train", "val" or "test") -> succ [G, n, a] (the shipped file if present, else generated)."""
+    path = frozen_path(split, n_nodes, n_actions)
+    return _read_graphs(path, n_nodes, n_actions) if path.exists() else build_split(split, n_nodes, n_actions)
+
+
 def graph_sets(n_nodes: int = 5, n_actions: int = 3) -> dict[str, np.ndarray]:
-    """The frozen sets {"train", "val", "test"} -> succ [G, n, a]: the paper's train and test sets and our val set
-    (shipped file if present, else generated)."""
-    path = val_path(n_nodes, n_actions)
-    val = _read_val(path, n_nodes, n_actions) if path.exists() else build_val(n_nodes, n_actions)
-    return paper_graph_sets(n_nodes, n_actions) | {"val": val}
+    """All frozen sets {"train", "val", "test"} -> succ [G, n, a]."""
+    return {split: split_graphs(split, n_nodes, n_actions) for split in SPLITS}
 
 
-def write_val() -> None:
-    """Regenerate the shipped val file (5 nodes, 3 actions)."""
-    n_nodes, n_actions = 5, 3
-    graphs = build_val(n_nodes, n_actions)
-    header = (f"; fwm-rl GraphNav val graphs: {len(graphs)} graphs, {n_nodes} nodes, {n_actions} actions, drawn from "
-              f"RandomState({VAL_DATA_SEED}) by the official sampler,\n; none isomorphic to a train, test or other val "
-              "graph. One graph per line: graph_id, then succ[node, action] row-major (-1: no edge).\n")
-    body = "".join(f"{graph_id(g)} {' '.join(map(str, g.ravel().tolist()))}\n" for g in graphs)
-    val_path(n_nodes, n_actions).write_text(header + body)
+_ORIGINS = {
+    "train": "the FWM paper's train set: RandomState(666) after the test set, redrawn while isomorphic to a test graph",
+    "test": "the FWM paper's test set: the first 600 graphs of RandomState(666)",
+    "val": f"our val set: RandomState({VAL_DATA_SEED}), none isomorphic to a train, test or other val graph",
+}
+
+
+def write_frozen() -> None:
+    """Regenerate the shipped files (5 nodes, 3 actions)."""
+    for split in SPLITS:
+        graphs = build_split(split, *SHIPPED_SIZE)
+        header = (f"; fwm-rl GraphNav graphs, {len(graphs)} with {SHIPPED_SIZE[0]} nodes and {SHIPPED_SIZE[1]} "
+                  f"actions, by the official sampler;\n; {_ORIGINS[split]}.\n; One graph per line: graph_id, then "
+                  "succ[node, action] row-major (-1: no edge).\n")
+        body = "".join(f"{graph_id(g)} {' '.join(map(str, g.ravel().tolist()))}\n" for g in graphs)
+        frozen_path(split, *SHIPPED_SIZE).write_text(header + body)
 
 
 if __name__ == "__main__":
-    write_val()
+    write_frozen()

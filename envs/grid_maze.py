@@ -22,15 +22,20 @@ from __future__ import annotations
 
 import numpy as np
 
-from fwm_rl.envs.core import BatchedCore, check_choice, check_int
-from fwm_rl.envs.env import CoreEnv, CoreVectorEnv
-from fwm_rl.envs.layouts import Layout, SPLIT_BUCKETS, load_layouts
+from fwm_rl.envs.checks import check_choice, check_fraction, check_int
+from fwm_rl.envs.dynamics import BatchedDynamics
+from fwm_rl.envs.env import TaskEnv, TaskVectorEnv
+from fwm_rl.envs.layouts import Layout, SPLIT_BUCKETS, grid_distances, load_layouts
 from fwm_rl.envs.mazes import OOD_SPLITS, generate_split, split_layouts
+from fwm_rl.envs.render import grid_ansi, grid_frame
 from fwm_rl.envs.streams import draw_index
 
+ENV_ID = "FWM/GridMaze-v0"
 OBS_MODES = ("view", "position", "both")
 GRID_SPLITS = tuple(SPLIT_BUCKETS) + tuple(OOD_SPLITS)
 DEFAULT_SIZE = 7
+MAX_SIZE = 25  # generating 256 mazes of 25 x 25 cells takes seconds; the cost grows as size^4
+MAX_VIEW_RADIUS = 10
 GOAL_REWARD = 1.0
 _FAR = np.iinfo(np.int32).max  # distance of walls and unreachable tiles
 
@@ -41,7 +46,7 @@ def default_episode_steps(height: int, width: int) -> int:
     return 10 * size * size
 
 
-class GridMazeCore(BatchedCore):
+class GridMazeDynamics(BatchedDynamics):
     """Batched GridMaze dynamics. Tiles are flat indices into each row's grid padded by ``view_radius`` walls:
     ``walls`` [B, N] bool, ``dist`` [B, N] steps to the goal, ``pos`` and ``goal`` [B]. ``next_tile`` [B, 4 N],
     filled when a lifetime starts, holds the tile after each (tile, action) (the same tile where a wall blocks)."""
@@ -53,7 +58,7 @@ class GridMazeCore(BatchedCore):
                  episode_steps: int | None = None, view_radius: int = 1, layout_order: str = "random") -> None:
         check_choice("obs", obs, OBS_MODES)
         check_choice("split", split, GRID_SPLITS)
-        self.view_radius = check_int("view_radius", view_radius, 1)
+        self.view_radius = check_int("view_radius", view_radius, 1, MAX_VIEW_RADIUS)
         if layout is not None and layouts is not None:
             raise ValueError("pass layout= (one layout) or layouts= (several), not both")
         if split in OOD_SPLITS:
@@ -61,10 +66,8 @@ class GridMazeCore(BatchedCore):
                 if value is not None and value != OOD_SPLITS[split][name]:
                     raise ValueError(f"split {split!r} fixes {name}={OOD_SPLITS[split][name]}; got {name}={value}")
             size, loops = OOD_SPLITS[split]["size"], OOD_SPLITS[split]["loops"]
-        self.size = check_int("size", DEFAULT_SIZE if size is None else size, 2)
-        self.loops = 0.0 if loops is None else float(loops)
-        if not 0.0 <= self.loops <= 1.0:
-            raise ValueError(f"loops must lie in [0, 1], got {loops!r}")
+        self.size = check_int("size", DEFAULT_SIZE if size is None else size, 2, MAX_SIZE)
+        self.loops = 0.0 if loops is None else check_fraction("loops", loops)
         self.obs_mode, self.split = obs, split
         custom = layout if layout is not None else layouts
         self.bank: tuple[Layout, ...] | None
@@ -139,6 +142,17 @@ class GridMazeCore(BatchedCore):
     def positions(self) -> np.ndarray:
         return self._tile_rc[self.pos]
 
+    def grid(self, row: int) -> np.ndarray:
+        """walls [h, w] of one row's layout, unpadded."""
+        p = self.view_radius
+        h, w = self.dims[row]
+        return self.walls[row].reshape(-1, self.padded_width)[p:p + h, p:p + w]
+
+    def goal_pos(self, row: int) -> tuple[int, int]:
+        """(row, col) of one row's goal."""
+        r, c = self._tile_rc[self.goal[row]].tolist()
+        return r, c
+
     # ------------------------------------------------------------------------------------------------ dynamics
     def _start_lifetime(self, rows: np.ndarray, layout_index: np.ndarray | None) -> None:
         if layout_index is None:
@@ -165,31 +179,14 @@ class GridMazeCore(BatchedCore):
         self.goal[rows] = np.where(fixed_goal >= 0, fixed_goal, goal)
         self._place_off_goal(rows, u[:, 1])
         self.pos[rows] = np.where(fixed_start >= 0, fixed_start, self.pos[rows])
-        self.dist[rows] = self._distances(self.walls[rows], self.goal[rows])
+        dist = grid_distances(self.walls[rows].reshape(len(rows), -1, self.padded_width), self.goal[rows])
+        self.dist[rows] = np.where(dist < 0, _FAR, dist).reshape(len(rows), -1)
 
     def _place_off_goal(self, rows: np.ndarray, u: np.ndarray) -> None:
         """Put the agent of each row on a uniform floor tile other than the goal."""
         k = draw_index(u, self.n_floor[rows] - 1)
         k += k >= self.floor_rank[rows, self.goal[rows]]
         self.pos[rows] = self.floor_list[rows, k]
-
-    def _distances(self, walls: np.ndarray, goal: np.ndarray) -> np.ndarray:
-        """Breadth-first steps to ``goal`` [R] over walls [R, N] -> [R, N] int32 (``_FAR`` where unreachable)."""
-        w = self.padded_width
-        dist = np.full(walls.shape, _FAR, dtype=np.int32)
-        frontier = np.zeros(walls.shape, dtype=bool)
-        frontier[np.arange(len(goal)), goal] = True
-        d = 0
-        while frontier.any():
-            dist[frontier] = d
-            grown = np.zeros_like(frontier)
-            grown[:, 1:] |= frontier[:, :-1]
-            grown[:, :-1] |= frontier[:, 1:]
-            grown[:, w:] |= frontier[:, :-w]
-            grown[:, :-w] |= frontier[:, w:]
-            frontier = grown & ~walls & (dist == _FAR)
-            d += 1
-        return dist
 
     def _move(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         self.pos = self._next_flat[self._move_start + self.pos * 4 + actions]
@@ -213,19 +210,24 @@ class GridMazeCore(BatchedCore):
         return np.argmin(self.dist[self.rows[:, None], self.pos[:, None] + self._moves], axis=1)
 
 
-class GridMazeEnv(CoreEnv):
+class GridMazeEnv(TaskEnv):
     """``FWM/GridMaze-v0`` (single env). Kwargs: size, loops, obs, split, layout, layouts, episode_steps,
     view_radius, layout_order."""
 
-    core_class = GridMazeCore
+    env_id = ENV_ID
+    dynamics_class = GridMazeDynamics
 
     def draw(self, mode: str) -> str | np.ndarray:
-        from fwm_rl.envs.render import grid_ansi, grid_frame
+        d = self.dynamics
+        walls, goal, agent = d.grid(0), d.goal_pos(0), d.agent_pos(0)
+        if mode == "rgb_array":
+            return grid_frame(walls, goal, agent, self.trail)
+        head = f"t={d.t[0]}/{d.episode_steps} goals={d.goals_reached[0]} layout={d.layout_ids[0]}"
+        return head + "\n" + grid_ansi(walls, goal, agent, self.trail)
 
-        return grid_ansi(self.core, 0, self.trail) if mode == "ansi" else grid_frame(self.core, 0, self.trail)
 
-
-class GridMazeVectorEnv(CoreVectorEnv):
+class GridMazeVectorEnv(TaskVectorEnv):
     """Native batched ``FWM/GridMaze-v0``: ``num_envs`` mazes stepped by one numpy call."""
 
-    core_class = GridMazeCore
+    env_id = ENV_ID
+    dynamics_class = GridMazeDynamics

@@ -84,7 +84,7 @@ def parse_layout(text: str) -> Layout:
         raise ValueError("a layout needs at least 2 floor tiles ('.', 'G' or 'S')")
     goal = marks[GOAL][0] if marks[GOAL] else None
     source = goal if goal is not None else tuple(np.argwhere(~walls)[0])
-    reach = distances_from(walls, source) >= 0
+    reach = grid_distances(walls[None], np.array([source[0] * width + source[1]]))[0] >= 0
     stranded = np.argwhere(~walls & ~reach)
     if stranded.size:
         r, c = stranded[0]
@@ -95,21 +95,33 @@ def parse_layout(text: str) -> Layout:
 
 def load_layouts(source: str | Path | list[str | Path]) -> list[Layout]:
     """Layouts from a path to a file (blank-line separated layouts), a folder (every ``*.txt``, sorted), a layout
-    string, or a list of any of these."""
+    string (a string with a line break is always one), or a list of any of these."""
     if isinstance(source, (list, tuple)):
         return [layout for item in source for layout in load_layouts(item)]
     path = Path(source)
     if isinstance(source, str) and ("\n" in source or not path.exists()):
-        if set(source) <= set(ALLOWED) | {"\n", " "}:
+        if "\n" in source or set(source) <= set(ALLOWED) | {" "}:
             return _parse_many(source, "layout string")
     if path.is_dir():
         files = sorted(path.glob("*.txt"))
         if not files:
             raise ValueError(f"no *.txt layout files in folder {path}")
-        return [layout for file in files for layout in _parse_many(file.read_text(), str(file))]
+        return [layout for file in files for layout in _parse_many(_read_text(file), str(file))]
     if path.is_file():
-        return _parse_many(path.read_text(), str(path))
+        return _parse_many(_read_text(path), str(path))
     raise ValueError(f"{source!r} is neither a layout string nor an existing file or folder")
+
+
+def _read_text(path: Path) -> str:
+    """The text of a layout file; ``ValueError`` if it is binary (not UTF-8, or holding NUL bytes)."""
+    data = path.read_bytes()
+    try:
+        if b"\0" in data:
+            raise UnicodeError
+        return data.decode("utf-8")
+    except UnicodeError:
+        raise ValueError(f"{path} is not a text layout file (binary data); expected UTF-8 text with rows of "
+                         f"{_allowed()}") from None
 
 
 def _parse_many(text: str, origin: str) -> list[Layout]:
@@ -139,19 +151,22 @@ def _allowed() -> str:
     return "'#' wall, '.' floor, 'G' goal (at most one), 'S' start (at most one)"
 
 
-def distances_from(walls: np.ndarray, source: tuple[int, int]) -> np.ndarray:
-    """BFS steps from ``source`` to every tile of walls [H, W] (4-neighbour moves, -1 where unreachable)."""
-    dist = np.full(walls.shape, -1)
+def grid_distances(walls: np.ndarray, sources: np.ndarray) -> np.ndarray:
+    """Breadth-first steps from each grid's source to every tile: walls [R, H, W] bool, sources [R] flat tile
+    indices (row * W + col) -> [R, H, W] int64, -1 on walls and unreachable tiles. Moves: 4 neighbours, none off
+    the grid. The one BFS of the package (layout checks, GridMaze shortest paths)."""
+    dist = np.full(walls.shape, -1, dtype=np.int64)
     frontier = np.zeros(walls.shape, dtype=bool)
-    frontier[source] = True
+    frontier.reshape(len(walls), -1)[np.arange(len(walls)), sources] = True
+    floor = ~walls
     d = 0
     while frontier.any():
         dist[frontier] = d
         grown = np.zeros_like(frontier)
-        grown[1:] |= frontier[:-1]
-        grown[:-1] |= frontier[1:]
         grown[:, 1:] |= frontier[:, :-1]
         grown[:, :-1] |= frontier[:, 1:]
-        frontier = grown & ~walls & (dist < 0)
+        grown[:, :, 1:] |= frontier[:, :, :-1]
+        grown[:, :, :-1] |= frontier[:, :, 1:]
+        frontier = grown & floor & (dist < 0)
         d += 1
     return dist

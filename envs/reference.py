@@ -11,7 +11,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from fwm_rl.envs.core import check_choice, check_int
+from fwm_rl.envs.checks import check_choice, check_int
 
 REFERENCE_POLICIES = ("random", "oracle")
 
@@ -86,9 +86,9 @@ def run_reference(env_id: str, policy: str, n_episodes: int, seed: int = 0, n_en
     stats: list[EpisodeStats] = []
     while len(stats) < n_episodes:
         if policy == "oracle":
-            actions = vec_env.core.oracle_actions()
+            actions = vec_env.oracle_actions()
         else:
-            actions = actions_rng.integers(vec_env.core.n_actions, size=n_envs)
+            actions = actions_rng.integers(vec_env.action_space.n, size=n_envs)
         _, rewards, dones, infos = vec_env.step(actions)
         stats += recorder.update(rewards, dones, infos)
     vec_env.close()

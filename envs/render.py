@@ -1,13 +1,11 @@
 """Rendering with numpy only (no display): ``ansi`` text and ``rgb_array`` frames [H, W, 3] uint8.
 
 Frames show the layout, the goal (green), the agent (red) and the tiles or nodes visited this lifetime (blue trail).
+The functions draw plain arrays, so this module imports no task module (the tasks import it).
 """
 from __future__ import annotations
 
 import numpy as np
-
-from fwm_rl.envs.graph_nav import GraphNavCore
-from fwm_rl.envs.grid_maze import GridMazeCore
 
 WALL = (40, 40, 48)
 FLOOR = (235, 235, 228)
@@ -37,73 +35,63 @@ def _node_centres(n: int) -> np.ndarray:
     return GRAPH_CANVAS / 2 + 0.36 * GRAPH_CANVAS * np.stack([np.sin(angle), np.cos(angle)], axis=1)
 
 
-def graph_frame(core: GraphNavCore, row: int, trail: list[int]) -> np.ndarray:
-    """[256, 256, 3] frame: edges coloured by action (the dot sits near the target end), visited nodes blue,
-    goal ringed green, agent red."""
+def graph_frame(succ: np.ndarray, goal: int, pos: int, trail: list[int]) -> np.ndarray:
+    """Graph succ [n, a] -> [256, 256, 3] frame: edges coloured by action (the dot sits near the target end),
+    visited nodes blue, goal ringed green, agent red."""
+    n_nodes, n_actions = succ.shape
     img = np.full((GRAPH_CANVAS, GRAPH_CANVAS, 3), FLOOR, dtype=np.uint8)
-    centres = _node_centres(core.n_nodes)
+    centres = _node_centres(n_nodes)
     radius = GRAPH_CANVAS * 0.06
-    for node in range(core.n_nodes):
-        for action in range(core.n_actions):
-            target = core.succ[row, node, action]
+    for node in range(n_nodes):
+        for action in range(n_actions):
+            target = succ[node, action]
             if target >= 0:
                 colour = ACTION_COLOURS[action % len(ACTION_COLOURS)]
-                shift = 3.0 * (action - (core.n_actions - 1) / 2)
+                shift = 3.0 * (action - (n_actions - 1) / 2)
                 normal = np.array([1.0, -1.0]) * (centres[target] - centres[node])[::-1]
                 offset = shift * normal / max(np.linalg.norm(normal), 1e-9)
                 p0, p1 = centres[node] + offset, centres[target] + offset
                 _segment(img, p0, p1, colour, 1.5)
                 _disk(img, *(p0 + 0.72 * (p1 - p0)), 4, colour)
     visited = set(trail)
-    for node in range(core.n_nodes):
-        if node == core.goal[row]:
+    for node in range(n_nodes):
+        if node == goal:
             _disk(img, *centres[node], radius + 4, GOAL)
         _disk(img, *centres[node], radius, TRAIL if node in visited else WALL)
-    _disk(img, *centres[core.pos[row]], radius * 0.6, AGENT)
+    _disk(img, *centres[pos], radius * 0.6, AGENT)
     return img
 
 
-def graph_ansi(core: GraphNavCore, row: int) -> str:
-    """Text: the state line, then one line per node listing ``action->target`` edges."""
-    head = (f"t={core.t[row]}/{core.episode_steps} agent={core.pos[row]} goal={core.goal[row]} "
-            f"goals={core.goals_reached[row]} graph={core.layout_ids[row]}")
-    lines = [head]
-    for node in range(core.n_nodes):
-        edges = " ".join(f"{a}->{t}" if t >= 0 else f"{a}->." for a, t in enumerate(core.succ[row, node]))
-        mark = "@" if node == core.pos[row] else ("G" if node == core.goal[row] else " ")
+def graph_ansi(succ: np.ndarray, goal: int, pos: int) -> str:
+    """Text: one line per node of succ [n, a] listing ``action->target`` edges (``@`` agent, ``G`` goal)."""
+    lines = []
+    for node in range(succ.shape[0]):
+        edges = " ".join(f"{a}->{t}" if t >= 0 else f"{a}->." for a, t in enumerate(succ[node]))
+        mark = "@" if node == pos else ("G" if node == goal else " ")
         lines.append(f"{mark} {node}: {edges}")
     return "\n".join(lines) + "\n"
 
 
 # --------------------------------------------------------------------------------------------------------- GridMaze
-def _grid(core: GridMazeCore, row: int) -> np.ndarray:
-    p = core.view_radius
-    h, w = core.dims[row]
-    return core.walls[row].reshape(-1, core.padded_width)[p:p + h, p:p + w]
-
-
-def grid_frame(core: GridMazeCore, row: int, trail: list[tuple[int, int]]) -> np.ndarray:
-    """[16 H, 16 W, 3] frame of the row's grid: walls dark, trail blue, goal green, agent red."""
-    walls = _grid(core, row)
+def grid_frame(walls: np.ndarray, goal: tuple[int, int], agent: tuple[int, int],
+               trail: list[tuple[int, int]]) -> np.ndarray:
+    """Grid walls [H, W] -> [16 H, 16 W, 3] frame: walls dark, trail blue, goal green, agent red."""
     colours = np.where(walls[..., None], np.array(WALL, dtype=np.uint8), np.array(FLOOR, dtype=np.uint8))
     for r, c in set(trail):
         colours[r, c] = TRAIL
-    goal = divmod(core.goal[row], core.padded_width)
-    colours[goal[0] - core.view_radius, goal[1] - core.view_radius] = GOAL
+    colours[goal] = GOAL
     img = np.repeat(np.repeat(colours, TILE, axis=0), TILE, axis=1)
-    r, c = core.agent_pos(row)
+    r, c = agent
     _disk(img, (r + 0.5) * TILE - 0.5, (c + 0.5) * TILE - 0.5, TILE * 0.35, AGENT)
     return img
 
 
-def grid_ansi(core: GridMazeCore, row: int, trail: list[tuple[int, int]]) -> str:
-    """Text grid: ``#`` wall, ``.`` floor, ``+`` visited, ``G`` goal, ``@`` agent."""
-    chars = np.where(_grid(core, row), "#", ".").astype("<U1")
+def grid_ansi(walls: np.ndarray, goal: tuple[int, int], agent: tuple[int, int],
+              trail: list[tuple[int, int]]) -> str:
+    """Text grid of walls [H, W]: ``#`` wall, ``.`` floor, ``+`` visited, ``G`` goal, ``@`` agent."""
+    chars = np.where(walls, "#", ".").astype("<U1")
     for r, c in set(trail):
         chars[r, c] = "+"
-    goal = divmod(core.goal[row], core.padded_width)
-    chars[goal[0] - core.view_radius, goal[1] - core.view_radius] = "G"
-    chars[core.agent_pos(row)] = "@"
-    head = (f"t={core.t[row]}/{core.episode_steps} goals={core.goals_reached[row]} "
-            f"layout={core.layout_ids[row]}")
-    return head + "\n" + "\n".join("".join(line) for line in chars) + "\n"
+    chars[goal] = "G"
+    chars[agent] = "@"
+    return "\n".join("".join(line) for line in chars) + "\n"

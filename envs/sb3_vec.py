@@ -1,4 +1,5 @@
-"""A stable-baselines3 ``VecEnv`` stepping a task core in one numpy call (no per-env Python objects).
+"""A stable-baselines3 ``VecEnv`` over the native Gymnasium vector env (one numpy call per step, no per-env Python
+objects, and the vector env's own autoreset: :meth:`~fwm_rl.envs.env.TaskVectorEnv.step_per_env`).
 
 SB3 semantics: on ``done`` the returned observation is the next lifetime's first one, ``infos[i]`` is the info of
 the finished lifetime's last step with ``terminal_observation``, ``TimeLimit.truncated`` (lifetimes only truncate)
@@ -16,48 +17,52 @@ from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.vec_env import VecEnv
 from stable_baselines3.common.vec_env.base_vec_env import VecEnvIndices, VecEnvObs, VecEnvStepReturn
 
-from fwm_rl.envs.env import CoreVectorEnv, check_actions
+from fwm_rl.envs.env import TaskVectorEnv
 
 
 class BatchedVecEnv(VecEnv):
-    """SB3 view of a :class:`CoreVectorEnv` (seeding: env i gets ``seed + i`` via :meth:`seed`, as in SB3)."""
+    """SB3 view of a :class:`~fwm_rl.envs.env.TaskVectorEnv` (seeding: env i gets ``seed + i`` via :meth:`seed`,
+    as in SB3). A wrong action array raises ``ValueError`` in :meth:`step` and changes nothing."""
 
-    def __init__(self, venv: CoreVectorEnv) -> None:
+    def __init__(self, venv: TaskVectorEnv) -> None:
         self.venv = venv
-        self.core = venv.core
         super().__init__(venv.num_envs, venv.single_observation_space, venv.single_action_space)
-        self._actions = np.zeros(venv.num_envs, dtype=np.int64)
+        self._actions: np.ndarray | None = None
         self._returns = np.zeros(venv.num_envs)
+        self._lengths = np.zeros(venv.num_envs, dtype=np.int64)
         self._start = time.time()
 
     def reset(self) -> VecEnvObs:
         seeds = self._seeds if any(s is not None for s in self._seeds) else None
         obs, _ = self.venv.reset(seed=seeds)
-        self.reset_infos = self.core.row_infos()
+        self.reset_infos = self.venv.infos_per_env()
         self._returns[:] = 0.0
+        self._lengths[:] = 0
         self._reset_seeds()
         self._reset_options()
         return obs
 
     def step_async(self, actions: np.ndarray) -> None:
-        self._actions = check_actions(np.asarray(actions).reshape(self.num_envs), self.core.n_actions)
+        self._actions = actions
 
     def step_wait(self) -> VecEnvStepReturn:
-        rewards, dones = self.core.step(self._actions)
+        obs, rewards, dones, infos, final_obs = self.venv.step_per_env(self._actions)
         self._returns += rewards
-        obs = self.core.observe()
-        infos = self.core.row_infos()
-        done_rows = np.flatnonzero(dones)
-        if done_rows.size:
+        self._lengths += 1
+        if final_obs is not None:
             elapsed = round(time.time() - self._start, 6)
+            done_rows = np.flatnonzero(dones)
             for row in done_rows.tolist():
-                infos[row]["terminal_observation"] = obs[row]
+                infos[row]["terminal_observation"] = final_obs[row]
                 infos[row]["TimeLimit.truncated"] = True
-                infos[row]["episode"] = {"r": float(self._returns[row]), "l": int(self.core.t[row]), "t": elapsed}
+                infos[row]["episode"] = {"r": float(self._returns[row]), "l": int(self._lengths[row]), "t": elapsed}
             self._returns[done_rows] = 0.0
-            self.core.reset_rows(done_rows)
-            obs = self.core.observe()
+            self._lengths[done_rows] = 0
         return obs, rewards, dones, infos
+
+    def oracle_actions(self) -> np.ndarray:
+        """[n_envs] actions of a full-knowledge agent walking shortest paths to the goals (a reference)."""
+        return self.venv.oracle_actions()
 
     def close(self) -> None:
         self.venv.close()
@@ -66,15 +71,15 @@ class BatchedVecEnv(VecEnv):
         return [None] * self.num_envs
 
     def get_attr(self, attr_name: str, indices: VecEnvIndices = None) -> list[Any]:
-        """Attributes are shared by all envs of the batch (``render_mode``, ``spec``, ``core``, ...)."""
+        """Attributes are shared by all envs of the batch (``render_mode``, ``spec``, ``dynamics``, ...)."""
         return [getattr(self.venv, attr_name)] * len(self._get_indices(indices))
 
     def set_attr(self, attr_name: str, value: Any, indices: VecEnvIndices = None) -> None:
-        raise AttributeError(f"cannot set {attr_name!r}: the {self.num_envs} envs are rows of one batched core")
+        raise AttributeError(f"cannot set {attr_name!r}: the {self.num_envs} envs are rows of one batched env")
 
     def env_method(self, method_name: str, *method_args: Any, indices: VecEnvIndices = None,
                    **method_kwargs: Any) -> list[Any]:
-        raise AttributeError(f"cannot call {method_name!r} per env: the envs are rows of one batched core")
+        raise AttributeError(f"cannot call {method_name!r} per env: the envs are rows of one batched env")
 
     def env_is_wrapped(self, wrapper_class: type[gym.Wrapper], indices: VecEnvIndices = None) -> list[bool]:
         """True for ``Monitor`` only: the episode statistics it would add are already in ``infos``."""

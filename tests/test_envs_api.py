@@ -1,4 +1,8 @@
-"""Gymnasium/SB3 hygiene shared by both envs: registration, checkers, batched == single, SB3 VecEnv, scoring."""
+"""Gymnasium/SB3 hygiene shared by both envs: registration, checkers, batched == single, SB3 VecEnv, scoring,
+bad options and actions."""
+import copy
+import pickle
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -83,6 +87,27 @@ def test_sb3_vec_env_autoresets_with_terminal_observation_and_monitor_episode_in
     assert (obs[:, -1] == 0).all()  # the next lifetime's first observation
 
 
+@pytest.mark.parametrize("env_id", IDS)
+def test_sb3_vec_env_pickled_mid_lifetime_continues_bit_identically(env_id):
+    """Checkpoints pickle the whole VecEnv (layouts, positions, generators, episode counters); resume needs this."""
+    vec = make_vec_env(env_id, 4, seed=1, **SMALL[env_id])
+    vec.reset()
+    rng = np.random.default_rng(0)
+    for _ in range(17):
+        vec.step(rng.integers(vec.action_space.n, size=4))
+    clone = pickle.loads(pickle.dumps(vec))
+    for _ in range(60):
+        actions = rng.integers(vec.action_space.n, size=4)
+        (obs, rewards, dones, infos), (obs2, rewards2, dones2, infos2) = vec.step(actions), clone.step(actions)
+        np.testing.assert_array_equal(obs, obs2)
+        assert rewards.tolist() == rewards2.tolist() and dones.tolist() == dones2.tolist()
+        for info, info2 in zip(infos, infos2):
+            assert info.keys() == info2.keys() and info["layout_id"] == info2["layout_id"]
+            if "episode" in info:
+                assert (info["episode"]["r"], info["episode"]["l"]) == (info2["episode"]["r"], info2["episode"]["l"])
+                np.testing.assert_array_equal(info["terminal_observation"], info2["terminal_observation"])
+
+
 class RandomModel:
     def __init__(self, n_actions):
         self.rng, self.n = np.random.default_rng(0), n_actions
@@ -96,7 +121,7 @@ def test_evaluate_policy_reads_the_episode_statistics(env_id):
     vec = make_vec_env(env_id, 4, seed=0, **SMALL[env_id])
     rewards, lengths = evaluate_policy(RandomModel(vec.action_space.n), vec, n_eval_episodes=8,
                                        return_episode_rewards=True)
-    assert len(rewards) == 8 and set(lengths) == {vec.core.episode_steps}
+    assert len(rewards) == 8 and set(lengths) == {vec.get_attr("dynamics")[0].episode_steps}
 
 
 def test_episode_recorder_scores_returns_first_goal_and_exploit_ratios_from_the_second_visit():
@@ -121,31 +146,104 @@ def test_episode_recorder_scores_returns_first_goal_and_exploit_ratios_from_the_
     ("FWM/GraphNav-v0", {"split": "dev"}, "unknown split 'dev'; allowed: 'train', 'val', 'test', 'procedural'"),
     ("FWM/GridMaze-v0", {"split": "dev"}, "unknown split 'dev'; allowed: 'train', 'val', 'test', 'test_large'"),
     ("FWM/GridMaze-v0", {"obs": "pixels"}, "unknown obs 'pixels'; allowed: 'view', 'position', 'both'"),
-    ("FWM/GridMaze-v0", {"size": 1}, "size must be an integer >= 2"),
-    ("FWM/GridMaze-v0", {"loops": 1.5}, "loops must lie in [0, 1]"),
+    ("FWM/GridMaze-v0", {"size": 1}, "size must be an integer in [2, 25], got 1"),
+    ("FWM/GridMaze-v0", {"size": 1000}, "size must be an integer in [2, 25], got 1000"),
+    ("FWM/GridMaze-v0", {"size": 7.5}, "size must be an integer in [2, 25], got 7.5"),
+    ("FWM/GridMaze-v0", {"view_radius": 1000}, "view_radius must be an integer in [1, 10], got 1000"),
+    ("FWM/GridMaze-v0", {"loops": 1.5}, "loops must lie in [0, 1], got 1.5"),
     ("FWM/GridMaze-v0", {"loops": -0.1}, "loops must lie in [0, 1]"),
+    ("FWM/GridMaze-v0", {"loops": "many"}, "loops must lie in [0, 1], got 'many'"),
+    ("FWM/GridMaze-v0", {"episode_steps": 0}, "episode_steps must be an integer >= 1, got 0"),
     ("FWM/GraphNav-v0", {"layout_order": "shuffled"}, "allowed: 'random', 'sequential'"),
-    ("FWM/GraphNav-v0", {"n_actions": 2}, "n_actions must be an integer >= 3"),
+    ("FWM/GraphNav-v0", {"n_actions": 2}, "n_actions must be an integer in [3, 16], got 2"),
+    ("FWM/GraphNav-v0", {"n_nodes": 1000}, "n_nodes must be an integer in [3, 16], got 1000"),
     ("FWM/GraphNav-v0", {"render_mode": "svg"}, "allowed: None, ansi, rgb_array"),
 ])
 @pytest.mark.filterwarnings("ignore:.*render_mode=.svg.")
-def test_bad_options_raise_value_errors_saying_what_is_allowed(env_id, kwargs, message):
+def test_bad_options_raise_one_line_value_errors_saying_what_is_allowed(env_id, kwargs, message):
+    """Sizes are bounded, so a huge one fails at once instead of hanging in construction."""
     with pytest.raises(ValueError) as err:
         gym.make(env_id, **kwargs)
-    assert message in str(err.value)
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+GRID_OPTIONS = "size, loops, obs, split, layout, layouts, episode_steps, view_radius, layout_order"
+GRAPH_OPTIONS = "split, n_nodes, n_actions, episode_steps, layout_order"
+
+
+@pytest.mark.parametrize("make, allowed", [
+    (lambda **kw: gym.make("FWM/GridMaze-v0", **kw), "render_mode, " + GRID_OPTIONS),
+    (lambda **kw: gym.make("FWM/GraphNav-v0", **kw), "render_mode, " + GRAPH_OPTIONS),
+    (lambda **kw: gym.make_vec("FWM/GridMaze-v0", 2, vectorization_mode="vector_entry_point", **kw), GRID_OPTIONS),
+    (lambda **kw: make_vec_env("FWM/GraphNav-v0", 2, **kw), GRAPH_OPTIONS),
+], ids=["grid-env", "graph-env", "grid-vector-env", "graph-sb3-vec-env"])
+def test_unknown_options_raise_one_line_value_errors_listing_the_allowed_keys(make, allowed):
+    with pytest.raises(ValueError) as err:
+        make(bogus=3)
+    env_id = "FWM/GridMaze-v0" if "size" in allowed else "FWM/GraphNav-v0"
+    assert str(err.value) == f"unknown {env_id} option 'bogus'; allowed: {allowed}"
+
+
+def single_env(env_id):
+    env = gym.make(env_id, **SMALL[env_id]).unwrapped
+    env.reset(seed=0)
+    for action in (0, 1, 2):
+        env.step(action)
+    return env
 
 
 @pytest.mark.parametrize("env_id", IDS)
-def test_actions_outside_the_space_raise_value_errors(env_id):
-    env = gym.make(env_id, **SMALL[env_id]).unwrapped
-    env.reset(seed=0)
-    for bad in (-1, env.action_space.n, 1.5):
-        with pytest.raises(ValueError, match=r"actions must be integers in \[0, "):
-            env.step(bad)
-    vec = make_vec_env(env_id, 2, seed=0, **SMALL[env_id])
-    vec.reset()
-    with pytest.raises(ValueError, match="actions must be integers"):
-        vec.step(np.array([0, 99]))
+@pytest.mark.parametrize("bad, shown", [
+    (-1, "-1"), ("n", "{n}"), (1.5, "1.5"), (float("nan"), "nan"), (np.float64("inf"), "inf"), (None, "None"),
+    ("up", "'up'"), (True, "True"), ([1], "[1]"),
+    (np.array([1, 2]), "an array of shape (2,) and dtype int64"),
+])
+def test_an_invalid_action_raises_one_line_naming_the_space_and_leaves_the_env_unchanged(env_id, bad, shown):
+    env = single_env(env_id)
+    n = int(env.action_space.n)
+    twin = copy.deepcopy(env)
+    with pytest.raises(ValueError) as err:
+        env.step(n if isinstance(bad, str) and bad == "n" else bad)
+    assert str(err.value) == (f"action must be an integer in [0, {n - 1}] (action space Discrete({n})), got "
+                              + shown.format(n=n))
+    for action in [1, 0, 3 % n, 2] * 10:
+        np.testing.assert_array_equal(env.step(action)[0], twin.step(action)[0])
+    np.testing.assert_array_equal(env.reset(seed=4)[0], twin.reset(seed=4)[0])
+    assert env.step(np.int64(1))[1] == twin.step(1)[1]
+
+
+@pytest.mark.parametrize("env_id", IDS)
+@pytest.mark.parametrize("kind", ["vector", "sb3"])
+@pytest.mark.parametrize("bad, shown", [
+    (np.zeros(3, dtype=np.int64), "3 integers in [0, {top}] ({space}), got an array of shape (3,) and dtype int64"),
+    (np.zeros((2, 2), dtype=np.int64), "2 integers in [0, {top}] ({space}), got an array of shape (2, 2)"),
+    (None, "2 integers in [0, {top}] ({space}), got None"),
+    (np.array([0, 99]), "integers in [0, {top}] ({space}), got 99 for env 1"),
+    (np.array([0.0, 0.5]), "integers in [0, {top}] ({space}), got 0.5 for env 1"),
+    (np.array([np.nan, 0.0]), "integers in [0, {top}] ({space}), got nan for env 0"),
+    (np.array([0, 2 ** 64 - 1], dtype=np.uint64), "integers in [0, {top}] ({space}), got 18446744073709551615 for "
+                                                   "env 1"),
+])
+def test_invalid_vector_actions_raise_one_line_naming_the_space_and_leave_the_envs_unchanged(env_id, kind, bad, shown):
+    if kind == "vector":
+        envs = gym.make_vec(env_id, num_envs=2, vectorization_mode="vector_entry_point", **SMALL[env_id])
+        envs.reset(seed=0)
+    else:
+        envs = make_vec_env(env_id, 2, seed=0, **SMALL[env_id])
+        envs.reset()
+    n = int(envs.single_action_space.n if kind == "vector" else envs.action_space.n)
+    if bad is not None and bad.shape == (3,):
+        shown = shown.replace("3 integers", "2 integers")
+    twin = copy.deepcopy(envs)
+    with pytest.raises(ValueError) as err:
+        envs.step(bad)
+    space = f"action space MultiDiscrete([{n}] * 2)"
+    assert str(err.value).startswith("actions must be ") and shown.format(top=n - 1, space=space) in str(err.value)
+    assert "\n" not in str(err.value)
+    for t in range(40):
+        actions = np.array([t % n, (t + 1) % n])
+        np.testing.assert_array_equal(envs.step(actions)[0], twin.step(actions)[0])
+    assert envs.step(np.array([[1], [0]]))[1].tolist() == twin.step(np.array([1, 0]))[1].tolist()
 
 
 @pytest.mark.parametrize("env_id", IDS)
@@ -153,7 +251,7 @@ def test_rgb_frames_show_agent_goal_and_trail_and_ansi_is_text(env_id):
     env = gym.make(env_id, render_mode="rgb_array", **SMALL[env_id])
     env.reset(seed=1)
     for _ in range(3):
-        env.step(int(env.unwrapped.core.oracle_actions()[0]))
+        env.step(env.unwrapped.oracle_action())
     frame = env.render()
     assert frame.dtype == np.uint8 and frame.ndim == 3 and frame.shape[2] == 3
     colours = {tuple(c) for c in frame.reshape(-1, 3)}

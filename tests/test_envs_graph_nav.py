@@ -9,8 +9,8 @@ from gymnasium.utils import seeding
 
 import fwm_rl.envs
 from fwm_rl.envs.graph_nav import GOAL_REWARD, NO_EDGE_PENALTY
-from fwm_rl.envs.graphs import (VAL_DATA_SEED, PAPER_DATA_SEED, build_val, canonical_graph_ids, graph_id, graph_sets,
-                                paper_graph_sets, shortest_paths, val_path)
+from fwm_rl.envs.graphs import (PAPER_DATA_SEED, SPLITS, VAL_DATA_SEED, build_split, canonical_graph_ids, frozen_path,
+                                graph_id, graph_sets, paper_graph_sets, shortest_paths, split_graphs)
 
 
 def naive_official_sampler(rs: np.random.RandomState, n: int = 5, a: int = 3) -> np.ndarray:
@@ -45,7 +45,7 @@ def test_paper_test_set_matches_the_official_procedure_drawn_from_random_state_6
 
 
 def test_paper_sets_have_600_graphs_of_ten_edges_and_train_never_equals_test():
-    sets = paper_graph_sets()
+    sets = {split: split_graphs(split) for split in ("train", "test")}
     assert sets["test"].shape == sets["train"].shape == (600, 5, 3)
     for graphs in sets.values():
         assert ((graphs >= 0).sum((1, 2)) == 10).all()
@@ -92,7 +92,8 @@ def naive_lifetime(succ, rng, actions, steps=30, layout_draw=True):
 def test_dynamics_match_a_naive_per_step_simulator(seed):
     env = gym.make("FWM/GraphNav-v0", split="test")
     _, info = env.reset(seed=seed)
-    succ = paper_graph_sets()["test"][[graph_id(g) for g in paper_graph_sets()["test"]].index(info["layout_id"])]
+    test = split_graphs("test")
+    succ = test[[graph_id(g) for g in test].index(info["layout_id"])]
     actions = np.random.default_rng(seed).integers(3, size=30).tolist()
     expected = naive_lifetime(succ.astype(int), seeding.np_random(seed)[0], actions)
     for t, (exp_obs, exp_reward) in enumerate(expected):
@@ -106,7 +107,7 @@ def test_reference_policies_land_on_the_spec_sanity_values_over_the_600_test_gra
     kwargs = dict(seed=0, split="test", layout_order="sequential")
     random = fwm_rl.envs.run_reference("FWM/GraphNav-v0", "random", 600, **kwargs)
     oracle = fwm_rl.envs.run_reference("FWM/GraphNav-v0", "oracle", 600, **kwargs)
-    test_ids = {graph_id(g) for g in paper_graph_sets()["test"]}
+    test_ids = {graph_id(g) for g in split_graphs("test")}
     assert {s.layout_id for s in random} == {s.layout_id for s in oracle} == test_ids
     assert np.mean([s.episode_return for s in random]) == pytest.approx(45.2, abs=3.0)
     assert np.mean([s.episode_return for s in oracle]) == pytest.approx(167.0, abs=3.0)
@@ -115,13 +116,13 @@ def test_reference_policies_land_on_the_spec_sanity_values_over_the_600_test_gra
 
 def test_sequential_order_gives_env_j_train_graph_j_every_lifetime():
     vec = fwm_rl.envs.make_vec_env("FWM/GraphNav-v0", 600, seed=0, layout_order="sequential")
-    train_ids = [graph_id(g) for g in paper_graph_sets()["train"]]
+    train_ids = [graph_id(g) for g in split_graphs("train")]
     vec.reset()
     assert [info["layout_id"] for info in vec.reset_infos] == train_ids
     for _ in range(30):
         _, _, dones, infos = vec.step(np.zeros(600, dtype=np.int64))
     assert dones.all() and [info["layout_id"] for info in infos] == train_ids
-    assert [info["layout_id"] for info in vec.core.row_infos()] == train_ids
+    assert [info["layout_id"] for info in vec.venv.infos_per_env()] == train_ids
 
 
 def relabel(succ: np.ndarray, perm: np.ndarray) -> np.ndarray:
@@ -155,21 +156,27 @@ def digest(graphs: np.ndarray) -> str:
 
 
 def test_paper_train_and_test_sets_stay_bit_identical():
-    """Digests of the official sets (RandomState(666), test first); the val split must not disturb them."""
-    sets = graph_sets()
-    assert (digest(sets["test"]), digest(sets["train"])) == ("42237a9eb779e110", "92dc8d611c8341a9")
+    """Digests of the official sets (RandomState(666), test first), shipped and generated; val must not disturb them."""
+    for sets in (graph_sets(), paper_graph_sets()):
+        assert (digest(sets["test"]), digest(sets["train"])) == ("42237a9eb779e110", "92dc8d611c8341a9")
 
 
-def test_val_split_is_the_shipped_frozen_set_disjoint_from_train_and_test_up_to_node_relabelling():
+@pytest.mark.parametrize("split", SPLITS)
+def test_shipped_graph_files_are_what_their_generator_draws(split):
+    assert frozen_path(split, 5, 3).exists()
+    np.testing.assert_array_equal(split_graphs(split), build_split(split, 5, 3))
+
+
+def test_val_split_is_disjoint_from_train_and_test_up_to_node_relabelling_and_drawn_under_its_own_seed():
     sets = graph_sets()
-    assert VAL_DATA_SEED != PAPER_DATA_SEED and val_path(5, 3).exists()
-    np.testing.assert_array_equal(sets["val"], build_val(5, 3))  # the file is what its own seed draws
+    assert VAL_DATA_SEED != PAPER_DATA_SEED
     assert sets["val"].shape == (600, 5, 3) and ((sets["val"] >= 0).sum((1, 2)) == 10).all()
     assert (shortest_paths(sets["val"]) < 5).all()
     classes = {name: set(canonical_graph_ids(graphs)) for name, graphs in sets.items()}
     assert len(classes["val"]) == 600 and len(classes["test"]) == 600
     assert not classes["val"] & classes["train"] and not classes["val"] & classes["test"]
     assert not classes["train"] & classes["test"]
+    assert gym.make("FWM/GraphNav-v0", split="val").reset(seed=0)[1]["layout_id"] in {graph_id(g) for g in sets["val"]}
 
 
 def graphs_met(split: str, n_nodes: int = 5, n_actions: int = 3, n_envs: int = 256, lifetimes: int = 4) -> np.ndarray:
@@ -177,10 +184,10 @@ def graphs_met(split: str, n_nodes: int = 5, n_actions: int = 3, n_envs: int = 2
     venv = gym.make_vec("FWM/GraphNav-v0", num_envs=n_envs, vectorization_mode="vector_entry_point", split=split,
                         n_nodes=n_nodes, n_actions=n_actions, episode_steps=1)
     venv.reset(seed=0)
-    met = [venv.unwrapped.core.succ.copy()]
+    met = [venv.unwrapped.dynamics.succ.copy()]
     for _ in range(lifetimes - 1):
         venv.step(np.zeros(n_envs, dtype=np.int64))
-        met.append(venv.unwrapped.core.succ.copy())
+        met.append(venv.unwrapped.dynamics.succ.copy())
     return np.concatenate(met)
 
 

@@ -70,6 +70,28 @@ def test_load_layouts_reads_strings_files_folders_and_lists(tmp_path):
         load_layouts("no/such/file.txt")
 
 
+@pytest.mark.parametrize("how", ["load_layouts", "layout=", "layouts="])
+@pytest.mark.parametrize("data", [bytes(range(256)), b"#####\n#.\0.#\n#####\n"], ids=["not-utf8", "nul-bytes"])
+def test_a_binary_layout_file_is_reported_as_not_a_text_layout_file(tmp_path, how, data):
+    path = tmp_path / "maze.bin"
+    path.write_bytes(data)
+    with pytest.raises(ValueError) as err:
+        if how == "load_layouts":
+            load_layouts(path)
+        else:
+            gym.make("FWM/GridMaze-v0", **{how[:-1]: str(path) if how == "layout=" else [str(path)]})
+    assert str(err.value) == (f"{path} is not a text layout file (binary data); expected UTF-8 text with rows of "
+                              "'#' wall, '.' floor, 'G' goal (at most one), 'S' start (at most one)")
+
+
+@pytest.mark.parametrize("make", [load_layouts, lambda text: gym.make("FWM/GridMaze-v0", layout=text)])
+def test_a_multi_line_string_is_always_a_layout_and_a_bad_character_is_reported_by_line_and_column(make):
+    with pytest.raises(ValueError) as err:
+        make("#####\n#.X.#\n#####")
+    assert str(err.value) == ("layout string, layout starting at line 1: line 2, column 3: unknown character 'X'; "
+                              "allowed: '#' wall, '.' floor, 'G' goal (at most one), 'S' start (at most one)")
+
+
 @pytest.mark.parametrize("split, size, loops", [c for c in standard_configs() if c[1] <= 7])
 def test_frozen_files_match_the_generator_and_hold_only_their_split(split, size, loops):
     shipped = load_layouts(frozen_path(split, size, loops))
@@ -162,7 +184,7 @@ def test_observation_layout_is_the_same_for_every_size():
 
 def test_ood_splits_fix_size_and_loops_and_val_test_cover_their_frozen_sets_sequentially():
     env = gym.make("FWM/GridMaze-v0", split="test_large", layout_order="sequential")
-    assert env.unwrapped.core.size == 11
+    assert env.unwrapped.dynamics.size == 11
     with pytest.raises(ValueError, match="fixes size=11"):
         gym.make("FWM/GridMaze-v0", split="test_large", size=7)
     stats = fwm_rl.envs.run_reference("FWM/GridMaze-v0", "oracle", 100, n_envs=100, split="val", size=5,
@@ -178,8 +200,8 @@ def test_layouts_of_different_sizes_share_one_env_and_one_observation_layout():
     obs, info = venv.reset(seed=0)
     assert obs.shape == (2, 18) and info["layout_id"][1] == layout_id(parse_layout(corridor).walls)
     assert tuple(info["agent_pos"][1]) == (1, 1) and tuple(obs[1, 9:11]) == (0.5, 0.25)
-    core = venv.unwrapped.core
+    vector_env = venv.unwrapped
     total = np.zeros(2)
     for _ in range(30):
-        total += venv.step(core.oracle_actions())[1]
+        total += venv.step(vector_env.oracle_actions())[1]
     assert total[1] >= 15 and total[0] >= 5  # an oracle visit takes <= 2 steps in the corridor, <= 6 in the room

@@ -1,9 +1,10 @@
 """Batched numpy dynamics shared by every single env (B = 1) and its vector twin (B = n_envs).
 
-:class:`BatchedCore` keeps the bookkeeping both tasks share: lifetime clock, goal counts, goal-visit segments and
+:class:`BatchedDynamics` keeps the bookkeeping both tasks share: lifetime clock, goal counts, goal-visit segments and
 their exploit ratios, layout choice (random or sequential over a fixed set), previous action and reward, the common
 tail of the observation and the ``info`` dictionaries. A task subclass supplies the layouts, the moves and the
-observation features. Since the single env and the vector env run this same code, they cannot drift apart.
+observation features. Since the single env and the vector env run this same code, they cannot drift apart; and
+:meth:`BatchedDynamics.step_autoreset` is the one autoreset that the Gymnasium and the SB3 vector envs share.
 
 Speed at B = 1 comes from the number of numpy calls, not their size: a step is a handful of 1-D gathers from flat
 per-row tables filled when a lifetime starts (``row * stride + index``, never multi-array fancy indexing), and the
@@ -11,29 +12,18 @@ rare events (goal, timeout, buffer refill) live behind one cheap test.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 import numpy as np
 
+from fwm_rl.envs.checks import check_choice, check_int
 from fwm_rl.envs.streams import RowStreams, draw_index
 
 LAYOUT_ORDERS = ("random", "sequential")
+Info = TypeVar("Info")
 
 
-def check_choice(name: str, value: Any, allowed: tuple) -> None:
-    """Raise ``ValueError`` naming the allowed values unless ``value`` is one of them."""
-    if value not in allowed:
-        raise ValueError(f"unknown {name} {value!r}; allowed: {', '.join(map(repr, allowed))}")
-
-
-def check_int(name: str, value: Any, low: int) -> int:
-    """Return ``value`` as an int, or raise ``ValueError`` unless it is an integer >= ``low``."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-    return int(value)
-
-
-class BatchedCore:
+class BatchedDynamics:
     """B independent lifetimes stepped together. Subclasses set ``n_actions`` and ``layout_ids`` (one str per
     row), call :meth:`_init_observation` and implement the hooks below.
 
@@ -65,7 +55,7 @@ class BatchedCore:
         self.hit = np.zeros(n_rows, dtype=bool)  # [B] last step reached a goal
         self.exploit = np.zeros(n_rows)  # [B] exploit ratio of the visit that ended on the last step
         self.rows = np.arange(n_rows)  # [B] row numbers, for per-row table offsets
-        BatchedCore._link_views(self)
+        BatchedDynamics._link_views(self)
 
     def _link_views(self) -> None:
         """Create the attributes that are views of other arrays. Subclasses extend it for their flat tables.
@@ -147,8 +137,8 @@ class BatchedCore:
         self.hit[rows] = False
 
     def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Step every row with actions [B] int64 (the core keeps the array) -> (fresh rewards [B] float32,
-        truncated [B] bool). Truncated rows are not reset here."""
+        """Step every row with valid actions [B] int64 (kept, not copied) -> (fresh rewards [B] float32,
+        truncated [B] bool). Truncated rows are not reset here (see :meth:`step_autoreset`)."""
         self.prev_action = actions
         rewards, hit, restart = self._move(actions)
         self._clocks += 1
@@ -161,6 +151,23 @@ class BatchedCore:
             self.visit_shortest[restart] = self.shortest[restart]
         self.prev_reward = rewards
         return rewards.copy(), self.t >= self.episode_steps
+
+    def step_autoreset(self, actions: np.ndarray, describe: Callable[[], Info]
+                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray, Info, np.ndarray | None]:
+        """:meth:`step`, then begin a new lifetime in every truncated row: the one autoreset of every vector env.
+
+        -> (observations [B, D] (a truncated row's is its new lifetime's first), rewards [B], truncated [B],
+        ``describe()`` taken before the resets (the finished lifetimes' last info), the observations before the
+        resets [B, D] or None when no row was truncated).
+        """
+        rewards, truncated = self.step(actions)
+        obs = self.observe()
+        info = describe()
+        done = truncated.nonzero()[0]
+        if not done.size:
+            return obs, rewards, truncated, info, None
+        self.reset_rows(done)
+        return self.observe(), rewards, truncated, info, obs
 
     def observe(self) -> np.ndarray:
         """[B, D] float32 fresh observations: task features, previous action one-hot, previous reward, time."""
@@ -188,7 +195,7 @@ class BatchedCore:
         return infos
 
     def batch_info(self) -> dict[str, np.ndarray]:
-        """Gymnasium vector-env info: ``{key: [B] array, "_key": [B] bool mask}`` for every key of :meth:`row_info`."""
+        """Gymnasium vector-env info: ``{key: [B] array, "_key": [B] bool mask}`` for every key of :meth:`row_infos`."""
         everywhere = np.ones(self.n_rows, dtype=bool)
         info = {
             "layout_id": np.array(self.layout_ids, dtype=object),

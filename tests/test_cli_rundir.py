@@ -81,7 +81,7 @@ def test_overwrite_with_an_option_that_fails_late_keeps_the_old_run(run_copy, ca
     (["--gamma", "2"], "gamma must be"),
     (["--gamma", "1e30"], "gamma must be"),
     (["--env-id", "FWM/Nowhere-v0"], "unknown env id 'FWM/Nowhere-v0'"),
-    (["--env-kwargs", "no_such_key=3"], "no_such_key"),
+    (["--env-kwargs", "no_such_key=3"], "unknown FWM/GraphNav-v0 option 'no_such_key'; allowed: split, "),
     (["--core-kwargs", "memory_size=1000"], "GiB of recurrent state"),
     (["--device", "tpu"], "device 'tpu' is not a torch device; use auto, cpu, cuda, cuda:N or mps"),
 ], ids=["core-kwargs", "learning-rate", "gamma-2", "gamma-1e30", "env-id", "env-kwargs", "memory", "device"])

@@ -21,7 +21,6 @@ import json
 from pathlib import Path
 from typing import Any, Optional
 
-import torch
 
 from fwm_rl.train.agent_factory import algorithm_class, build_agent, resolved_config
 from fwm_rl.train.callback import EVAL_SEED, EpisodeStatsRecorder, RunCallback, ctrl_c_stops
@@ -52,8 +51,6 @@ class RLTrainer(runner.Trainer):
     def __init__(self, config: TrainConfig, checkpoint: Optional[dict[str, Any]] = None, progress_bar: bool = True,
                  quiet: bool = False) -> None:
         super().__init__(config, checkpoint, progress_bar, quiet)
-        if config.threads is not None:
-            torch.set_num_threads(config.threads)
         # Everything that draws from the global RNGs comes before the agent is seeded or its checkpoint restored.
         self.eval_env, self.eval_kwargs = None, None
         if config.eval_split is not None:

@@ -139,7 +139,8 @@ class RunResult:
 class Trainer(ABC):
     """One way of training, built from a config and fitted in a run directory.
 
-    ``__init__(config, checkpoint)`` builds and validates everything the run needs (a constructor's ValueError or
+    ``__init__(config, checkpoint)`` (called with torch's threads already set) builds and validates everything the
+    run needs (a constructor's ValueError or
     TypeError for a user-given value is wrapped with ``errors.user_input``) and restores ``checkpoint`` (the
     payload ``fit`` saved) when given; it writes no file. ``fit(run, start_step)`` trains in the locked run
     directory and saves checkpoints with ``save_checkpoint``.
@@ -202,15 +203,23 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
+def _build(trainer_class: type[Trainer], config: RunConfig, checkpoint: Optional[dict[str, Any]],
+           **fit_options: Any) -> Trainer:
+    """The trainer of ``config`` with torch's CPU threads set first (``threads``, when given)."""
+    if config.threads is not None:
+        torch.set_num_threads(config.threads)
+    return trainer_class(config, checkpoint, **fit_options)
+
+
 def start(trainer_class: type[Trainer], config: RunConfig, run_dir: Path, overwrite: bool = False,
           **fit_options: Any) -> RunResult:
     """A new run of ``config`` in ``run_dir``: build and validate first, then (with ``overwrite``) replace an old
     run under its lock, write the resolved config.yaml and fit."""
     run = RunDir(run_dir)
     if not is_main_process():  # a data-parallel rank > 0: rank 0 owns the run directory
-        return _fit(trainer_class(config, None, **fit_options), run, None)
+        return _fit(_build(trainer_class, config, None, **fit_options), run, None)
     run.check_can_create(overwrite)
-    trainer = trainer_class(config, None, **fit_options)
+    trainer = _build(trainer_class, config, None, **fit_options)
     with run.open_new(overwrite):
         run.write_config(dataclasses.asdict(trainer.resolved_config()))
         return _fit(trainer, run, None)
@@ -248,7 +257,7 @@ def resume(trainer_class: type[Trainer], run_dir: Path, overrides: Optional[dict
         step, payload = (newest[1], newest[2]) if newest else (None, None)
         config = resumed_config(trainer_class.config_class, run, payload["config"] if payload else None,
                                 overrides or {}, trainer_class.aliases)
-        trainer = trainer_class(config, payload, **fit_options)
+        trainer = _build(trainer_class, config, payload, **fit_options)
         if is_main_process():
             run.write_config(dataclasses.asdict(trainer.resolved_config()))
             run.log(f"resuming {run.path} from {newest[0].name}" if newest else

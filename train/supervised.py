@@ -262,8 +262,6 @@ class SupervisedTrainer(runner.Trainer):
                  progress_bar: bool = True, quiet: bool = False) -> None:
         super().__init__(config, checkpoint, progress_bar, quiet)
         self.device = runner.pick_device(config.device)
-        if config.threads:
-            torch.set_num_threads(config.threads)
         self.ranks = init_distributed(self.device)
         if self.device.type == "cuda" and self.ranks.world_size > 1:
             self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))

@@ -5,13 +5,15 @@ A2C is PPO with one epoch over one full batch and no clipping (the ratio is 1): 
 """
 from __future__ import annotations
 
+import math
 from typing import Any, Optional, TypeVar, Union
 
 import torch as th
 from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, Schedule
 from torch.nn import functional as F
 
-from fwm_rl.agents.policies import FWMPolicy
+from fwm_rl.agents.checks import check_in_range
+from fwm_rl.agents.policies import CorePolicy
 from fwm_rl.agents.ppo import RecurrentPPO
 
 SelfRecurrentA2C = TypeVar("SelfRecurrentA2C", bound="RecurrentA2C")
@@ -48,7 +50,7 @@ def paper_a2c_kwargs() -> dict[str, Any]:
 
 
 class RecurrentA2C(RecurrentPPO):
-    """Advantage actor-critic with a recurrent :class:`~fwm_rl.agents.FWMPolicy`, on whole env-trajectories.
+    """Advantage actor-critic with a recurrent :class:`~fwm_rl.agents.CorePolicy`, on whole env-trajectories.
 
     Each update takes one gradient step on the whole rollout (``n_envs`` trajectories of ``n_steps`` steps, BPTT
     through all of them from the state stored at the rollout start): loss = ``-mean(A * log pi) + vf_coef *
@@ -69,7 +71,7 @@ class RecurrentA2C(RecurrentPPO):
 
     def __init__(
         self,
-        policy: Union[str, type[FWMPolicy]],
+        policy: Union[str, type[CorePolicy]],
         env: Union[GymEnv, str],
         learning_rate: Union[float, Schedule] = 7e-4,
         n_steps: int = 5,
@@ -92,6 +94,7 @@ class RecurrentA2C(RecurrentPPO):
         device: Union[th.device, str] = "auto",
         _init_setup_model: bool = True,
     ) -> None:
+        check_in_range(type(self).__name__, "rms_prop_eps", rms_prop_eps, 0.0, math.inf, low_open=True)
         super().__init__(
             policy,
             env,

@@ -13,12 +13,11 @@ from typing import NamedTuple, Optional
 
 import numpy as np
 from gymnasium import spaces
-from sb3_contrib.common.recurrent.type_aliases import RNNStates
 from stable_baselines3.common.buffers import DictRolloutBuffer, RolloutBuffer
 from stable_baselines3.common.type_aliases import PyTorchObs
 from torch import Tensor
 
-from fwm_rl.agents.state import select_rows
+from fwm_rl.agents.state import ActorCriticStates, select_rows
 
 
 class TrajectoryBatch(NamedTuple):
@@ -31,13 +30,13 @@ class TrajectoryBatch(NamedTuple):
     advantages: Tensor  # [T, B]
     returns: Tensor  # [T, B]
     episode_starts: Tensor  # [T, B]
-    initial_state: RNNStates  # native states before step 0, rows [B]
+    initial_state: ActorCriticStates  # native states before step 0, rows [B]
 
 
 class _TrajectoryMixin:
     """``get`` / sampling shared by the array and the Dict-observation buffers."""
 
-    initial_state: RNNStates
+    initial_state: ActorCriticStates
     observations: np.ndarray | dict[str, np.ndarray]
 
     def get(  # type: ignore[override]

@@ -1,27 +1,23 @@
-"""Recurrent actor-critic policies that own a memory core from :func:`fwm_rl.build_core`.
+"""CorePolicy: an SB3 ``ActorCriticPolicy`` whose memory is a core from :func:`fwm_rl.build_core`.
 
-One class serves two callers:
-
-* our :class:`~fwm_rl.agents.RecurrentPPO` / :class:`~fwm_rl.agents.RecurrentA2C`, through the *native* API
-  (:meth:`FWMPolicy.initial_state`, :meth:`FWMPolicy.forward_sequences`, :meth:`FWMPolicy.evaluate_sequences`,
-  :meth:`FWMPolicy.predict_values_sequences`): time-major ``[T, B]`` tensors and the cores' own state tuples;
-* the unmodified ``sb3_contrib.RecurrentPPO``, through the methods it calls (``forward``, ``get_distribution``,
-  ``predict_values``, ``evaluate_actions``, and ``predict`` for users): flat env-major batches (row ``b * T + t``)
-  and states packed into two ``[1, B, W]`` tensors by :class:`~fwm_rl.agents.state.PackedStateLayout`.
-
-The second set only converts layouts and calls the first, so both run the same code. ``predict`` returns the packed
-state, as sb3-contrib's policies do; :meth:`FWMPolicy.unpack_state` turns it into the core's tuple.
+Data path: observation -> features extractor -> core (``[T, B, D] -> [T, B, H]``, state, ``episode_starts``) -> MLP
+extractor -> action / value heads. SB3's method names keep their meaning, on whole sequences: ``forward``,
+``evaluate_actions``, ``predict_values`` and ``get_distribution`` take time-major ``[T, B]`` inputs and the cores'
+states (:class:`~fwm_rl.agents.state.ActorCriticStates`), and ``predict`` takes and returns the actor core's own
+state tuple (``(h, c, F)`` for "fwm") as numpy arrays. Our :class:`~fwm_rl.agents.RecurrentPPO` and
+:class:`~fwm_rl.agents.RecurrentA2C` drive it directly; :mod:`fwm_rl.agents.sb3_contrib_adapter` wraps it for the
+unmodified ``sb3_contrib.RecurrentPPO``.
 """
 from __future__ import annotations
 
+import inspect
 from typing import Any, Callable, Optional, Union
 
+import numpy as np
 import torch as th
 from gymnasium import spaces
-from sb3_contrib.common.recurrent.policies import RecurrentActorCriticPolicy
-from sb3_contrib.common.recurrent.type_aliases import RNNStates
 from stable_baselines3.common.distributions import Distribution
-from stable_baselines3.common.policies import ActorCriticPolicy, BaseModel
+from stable_baselines3.common.policies import ActorCriticPolicy
 from stable_baselines3.common.torch_layers import (
     BaseFeaturesExtractor,
     CombinedExtractor,
@@ -32,7 +28,7 @@ from stable_baselines3.common.type_aliases import PyTorchObs, Schedule
 from torch import Tensor, nn
 
 from fwm_rl import CORE_CLASSES, State, build_core
-from fwm_rl.agents.state import PackedState, PackedStateLayout
+from fwm_rl.agents.state import ActorCriticStates
 
 CRITIC_MODES = ("separate", "shared", "joint", "none")
 ACTOR_CORE_CRITICS = ("shared", "joint")  # critics that read the actor core's output
@@ -48,47 +44,36 @@ def flatten_time(x: Tensor) -> Tensor:
     return x.reshape(x.shape[0] * x.shape[1], *x.shape[2:])
 
 
-def env_major_to_time_major(x: Tensor, n_seq: int) -> Tensor:
-    """sb3-contrib's flat env-major batch ``[n_seq * T, ...]`` -> ``[T, n_seq, ...]``."""
-    return x.reshape(n_seq, -1, *x.shape[1:]).transpose(0, 1)
+def _shapes(state: Any) -> str:
+    """A short description of what a user passed as a state, for error messages."""
+    if isinstance(state, (tuple, list)):
+        return "[" + ", ".join(str(tuple(np.shape(s))) if hasattr(s, "shape") else type(s).__name__ for s in state) + "]"
+    return type(state).__name__
 
 
-def time_major_to_env_major(x: Tensor) -> Tensor:
-    """``[T, n_seq, ...]`` -> sb3-contrib's flat env-major batch ``[n_seq * T, ...]``."""
-    return x.transpose(0, 1).reshape(x.shape[0] * x.shape[1], *x.shape[2:])
-
-
-class FWMPolicy(RecurrentActorCriticPolicy):
+class CorePolicy(ActorCriticPolicy):
     """Actor-critic whose memory is any ``fwm_rl`` core (FWM by default): features -> core -> MLP heads.
 
-    Drop-in for sb3-contrib's ``MlpLstmPolicy``: ``sb3_contrib.RecurrentPPO(FWMPolicy, env, policy_kwargs=...)``; the
-    policy of our ``RecurrentPPO("MlpFwmPolicy", ...)`` and ``RecurrentA2C``.
+    The policy of our ``RecurrentPPO("MlpFwmPolicy", ...)`` and ``RecurrentA2C``.
 
     :param observation_space: observation space
     :param action_space: action space
     :param lr_schedule: learning-rate schedule (``lr_schedule(1)`` is the initial rate)
-    :param core: core kind, one of ``fwm_rl.CORE_CLASSES`` ("fwm", "fwlstm", "fwrnn", "lnlstm", "lstm", or "mlp" for
-        a memoryless baseline)
+    :param core: core kind, a key of ``fwm_rl.CORE_CLASSES`` (e.g. "fwm", "lstm", or "mlp" for a memoryless
+        baseline)
     :param hidden_size: the core's hidden size
     :param core_kwargs: further core options, e.g. ``dict(memory_size=16, preset="rl")`` for "fwm"
-    :param critic: "separate" (the critic has its own core, the default), "shared" (the critic reads the actor core's
-        output detached, so only the actor loss trains the core: sb3-contrib's ``shared_lstm``), "joint" (one core,
-        two heads, both losses train it: the FWM paper's agent) or "none" (the critic is feed-forward)
+    :param critic: "shared" (the default: the critic reads the actor core's output detached, so only the actor loss
+        trains the core, as sb3-contrib's ``shared_lstm``; one core pass serves both), "separate" (the critic has its
+        own core: sb3-contrib's default, twice the core compute), "joint" (one core, two heads, both losses train it:
+        the FWM paper's agent) or "none" (the critic is feed-forward)
     :param net_arch: MLP layers after the core, as in SB3 (default ``dict(pi=[64, 64], vf=[64, 64])``; ``[]`` puts
         linear heads directly on the core, as in the FWM paper)
-    :param activation_fn: activation of those MLP layers
-    :param ortho_init: orthogonal init of features extractor, MLP and heads (the core keeps its own init)
-    :param use_sde: state-dependent exploration
-    :param log_std_init: initial log std (Box actions)
-    :param full_std: gSDE option
-    :param use_expln: gSDE option
-    :param squash_output: gSDE option
-    :param features_extractor_class: features extractor (FlattenExtractor; CombinedExtractor for Dict observations)
-    :param features_extractor_kwargs: its kwargs
-    :param share_features_extractor: one features extractor for actor and critic
-    :param normalize_images: divide image observations by 255
-    :param optimizer_class: optimizer (Adam)
-    :param optimizer_kwargs: its kwargs, excluding the learning rate
+
+    The other parameters are ``ActorCriticPolicy``'s (activation, ``ortho_init`` of extractor, MLP and heads (the
+    core keeps its own init), gSDE options, features extractor, optimizer). An optimizer that has a fused
+    implementation (Adam, AdamW, SGD, ...) gets ``fused=True`` unless ``optimizer_kwargs`` sets ``fused`` or
+    ``foreach``: one kernel for all parameters instead of a dozen small ops per parameter tensor.
     """
 
     def __init__(
@@ -99,7 +84,7 @@ class FWMPolicy(RecurrentActorCriticPolicy):
         core: str = "fwm",
         hidden_size: int = 32,
         core_kwargs: Optional[dict[str, Any]] = None,
-        critic: str = "separate",
+        critic: str = "shared",
         net_arch: Optional[Union[list[int], dict[str, list[int]]]] = None,
         activation_fn: type[nn.Module] = nn.Tanh,
         ortho_init: bool = True,
@@ -126,10 +111,10 @@ class FWMPolicy(RecurrentActorCriticPolicy):
         self.hidden_size = hidden_size
         self.core_kwargs = dict(core_kwargs or {})
         self.critic_mode = critic
-        # RecurrentActorCriticPolicy.__init__ would build nn.LSTMs; its parent builds everything we need, and calls
-        # our _build_mlp_extractor, which builds the cores.
-        ActorCriticPolicy.__init__(
-            self,
+        optimizer_kwargs = dict(optimizer_kwargs or {})
+        if not {"fused", "foreach"} & set(optimizer_kwargs) and "fused" in inspect.signature(optimizer_class).parameters:
+            optimizer_kwargs["fused"] = True
+        super().__init__(  # builds the features extractor, then calls our _build_mlp_extractor, heads, optimizer
             observation_space,
             action_space,
             lr_schedule,
@@ -148,7 +133,6 @@ class FWMPolicy(RecurrentActorCriticPolicy):
             optimizer_class=optimizer_class,
             optimizer_kwargs=optimizer_kwargs,
         )
-        self.packed_state = PackedStateLayout(self.actor_core.state_spec, self.actor_core.input_size)
 
     def _build_mlp_extractor(self) -> None:
         """Build the core(s) on ``features_dim``, then the MLP extractor on the core's output."""
@@ -176,208 +160,205 @@ class FWMPolicy(RecurrentActorCriticPolicy):
         )
         return data
 
-    # ---------------------------------------------------------------- native API (time-major, core state tuples)
+    # ---------------------------------------------------------------- sequences: [T, B] inputs, core states
 
-    def initial_state(self, n_envs: int) -> RNNStates:
-        """Zero states for ``n_envs`` rows: ``pi`` of the actor core, ``vf`` of the critic core (``()`` without)."""
-        pi = self.actor_core.initial_state(n_envs, device=self.device)
-        vf = self.critic_core.initial_state(n_envs, device=self.device) if self.critic_core is not None else ()
-        return RNNStates(pi, vf)
+    def initial_state(self, n_envs: int) -> ActorCriticStates:
+        """Zero states for ``n_envs`` rows (``critic`` is ``()`` without a critic core)."""
+        actor = self.actor_core.initial_state(n_envs, device=self.device)
+        critic = self.critic_core.initial_state(n_envs, device=self.device) if self.critic_core is not None else ()
+        return ActorCriticStates(actor, critic)
 
-    def _run_core(
-        self, core: nn.Module, features: Tensor, state: State, episode_starts: Tensor
-    ) -> tuple[Tensor, State]:
+    def _features(self, obs: PyTorchObs) -> tuple[Tensor, Tensor]:
+        """``obs [T * B, ...]`` -> (actor features, critic features), each ``[T * B, features_dim]``."""
+        features = self.extract_features(obs)
+        return (features, features) if self.share_features_extractor else features  # type: ignore[return-value]
+
+    @staticmethod
+    def _run_core(core: nn.Module, features: Tensor, state: State, episode_starts: Tensor) -> tuple[Tensor, State]:
         """``features [T * B, D]`` (time-major rows), ``episode_starts [T, B]`` -> ``[T * B, out]`` and the state."""
         T, B = episode_starts.shape
         y, state = core(features.reshape(T, B, -1), state, episode_starts)  # y [T, B, out]
         return y.reshape(T * B, -1), state
 
-    def _actor_latent(self, obs: PyTorchObs, state_pi: State, episode_starts: Tensor) -> tuple[Tensor, Tensor, State]:
-        """``obs [T * B, ...]`` -> (latent ``[T * B, L]`` after the MLP, core output ``[T * B, H]``, new state)."""
-        features = BaseModel.extract_features(self, obs, self.pi_features_extractor)
-        latent, state_pi = self._run_core(self.actor_core, features, state_pi, episode_starts)
-        return self.mlp_extractor.forward_actor(latent), latent, state_pi
-
-    def _critic_latent(
-        self,
-        obs: PyTorchObs,
-        states: RNNStates,
-        episode_starts: Tensor,
-        actor_output: Optional[Tensor] = None,
-    ) -> tuple[Tensor, State]:
-        """``obs [T * B, ...]`` -> (critic latent ``[T * B, L]`` after the MLP, new critic state).
-
-        ``actor_output`` (the actor core's output on the same steps) saves a second actor-core pass when the critic
-        reads the actor core.
-        """
-        if self.critic_mode in ACTOR_CORE_CRITICS:
-            if actor_output is None:
-                _, actor_output, _ = self._actor_latent(obs, states.pi, episode_starts)
-            latent = actor_output.detach() if self.critic_mode == "shared" else actor_output
-            state_vf = ()
-        else:
-            features = BaseModel.extract_features(self, obs, self.vf_features_extractor)
+    def _latents(
+        self, obs: PyTorchObs, states: ActorCriticStates, episode_starts: Tensor, actor: bool = True,
+        critic: bool = True,
+    ) -> tuple[Optional[Tensor], Optional[Tensor], ActorCriticStates]:
+        """``obs [T, B, ...]`` -> (actor latent, critic latent) ``[T * B, L]`` after the MLP (None where not asked
+        for) and the states after step T. The actor core runs once, also when the critic reads it."""
+        pi_features, vf_features = self._features(map_obs(flatten_time, obs))
+        actor_state, critic_state = states
+        latent_pi = latent_vf = actor_output = None
+        if actor or self.critic_mode in ACTOR_CORE_CRITICS:
+            actor_output, actor_state = self._run_core(self.actor_core, pi_features, actor_state, episode_starts)
+        if actor:
+            latent_pi = self.mlp_extractor.forward_actor(actor_output)
+        if critic:
             if self.critic_mode == "separate":
-                latent, state_vf = self._run_core(self.critic_core, features, states.vf, episode_starts)
+                critic_output, critic_state = self._run_core(self.critic_core, vf_features, critic_state,
+                                                             episode_starts)
+            elif self.critic_mode == "none":
+                critic_output = self.critic_encoder(vf_features)
             else:
-                latent, state_vf = self.critic_encoder(features), ()
-        return self.mlp_extractor.forward_critic(latent), state_vf
+                critic_output = actor_output.detach() if self.critic_mode == "shared" else actor_output
+            latent_vf = self.mlp_extractor.forward_critic(critic_output)
+        return latent_pi, latent_vf, ActorCriticStates(actor_state, critic_state)
 
-    def forward_sequences(
-        self, obs: PyTorchObs, states: RNNStates, episode_starts: Tensor, deterministic: bool = False
-    ) -> tuple[Tensor, Tensor, Tensor, RNNStates]:
+    def forward(  # type: ignore[override]
+        self, obs: PyTorchObs, states: ActorCriticStates, episode_starts: Tensor, deterministic: bool = False
+    ) -> tuple[Tensor, Tensor, Tensor, ActorCriticStates]:
         """Act on ``T`` steps of ``B`` envs.
 
         :param obs: ``[T, B, *obs_shape]`` (or a dict of those)
-        :param states: native states, rows ``[B]``
+        :param states: states before step 0, rows ``[B]``
         :param episode_starts: ``[T, B]``; row ``b`` is reset before step ``t`` where set
         :param deterministic: take the mode of the action distribution
         :return: actions ``[T, B, *action_shape]``, values ``[T, B]``, log-probs ``[T, B]``, states after step T
         """
         T, B = episode_starts.shape
-        flat_obs = map_obs(flatten_time, obs)
-        latent_pi, actor_output, state_pi = self._actor_latent(flat_obs, states.pi, episode_starts)
-        latent_vf, state_vf = self._critic_latent(flat_obs, states, episode_starts, actor_output)
+        latent_pi, latent_vf, states = self._latents(obs, states, episode_starts)
         distribution = self._get_action_dist_from_latent(latent_pi)
         actions = distribution.get_actions(deterministic=deterministic)
         log_prob = distribution.log_prob(actions)
         values = self.value_net(latent_vf)
-        actions = actions.reshape(T, B, *self.action_space.shape)
-        return actions, values.view(T, B), log_prob.view(T, B), RNNStates(state_pi, state_vf)
+        return actions.reshape(T, B, *self.action_space.shape), values.view(T, B), log_prob.view(T, B), states
 
-    def evaluate_sequences(
-        self, obs: PyTorchObs, actions: Tensor, states: RNNStates, episode_starts: Tensor
+    def evaluate_actions(  # type: ignore[override]
+        self, obs: PyTorchObs, actions: Tensor, states: ActorCriticStates, episode_starts: Tensor
     ) -> tuple[Tensor, Tensor, Optional[Tensor]]:
-        """Values, log-probs and entropies ``[T, B]`` of ``actions`` along whole trajectories.
-
-        :param obs: ``[T, B, *obs_shape]`` (or a dict of those)
-        :param actions: ``[T, B]`` (Discrete, integer) or ``[T, B, action_dim]``
-        :param states: native states before step 0, rows ``[B]``
-        :param episode_starts: ``[T, B]``
-        """
+        """Values, log-probs and entropies ``[T, B]`` of ``actions`` (``[T, B]`` for Discrete, else
+        ``[T, B, action_dim]``) along whole trajectories from ``states``."""
         T, B = episode_starts.shape
-        flat_obs = map_obs(flatten_time, obs)
-        latent_pi, actor_output, _ = self._actor_latent(flat_obs, states.pi, episode_starts)
-        latent_vf, _ = self._critic_latent(flat_obs, states, episode_starts, actor_output)
+        latent_pi, latent_vf, _ = self._latents(obs, states, episode_starts)
         distribution = self._get_action_dist_from_latent(latent_pi)
         log_prob = distribution.log_prob(flatten_time(actions)).view(T, B)
         entropy = distribution.entropy()
         values = self.value_net(latent_vf).view(T, B)
         return values, log_prob, None if entropy is None else entropy.view(T, B)
 
-    def predict_values_sequences(self, obs: PyTorchObs, states: RNNStates, episode_starts: Tensor) -> Tensor:
+    def predict_values(  # type: ignore[override]
+        self, obs: PyTorchObs, states: ActorCriticStates, episode_starts: Tensor
+    ) -> Tensor:
         """Values ``[T, B]`` of ``obs [T, B, ...]`` (the actor core runs only if the critic reads it)."""
-        T, B = episode_starts.shape
-        latent_vf, _ = self._critic_latent(map_obs(flatten_time, obs), states, episode_starts)
-        return self.value_net(latent_vf).view(T, B)
+        _, latent_vf, _ = self._latents(obs, states, episode_starts, actor=False)
+        return self.value_net(latent_vf).view(*episode_starts.shape)
 
-    # ---------------------------------------------------------------- sb3-contrib API (env-major, packed states)
+    def get_distribution(  # type: ignore[override]
+        self, obs: PyTorchObs, actor_state: State, episode_starts: Tensor
+    ) -> tuple[Distribution, State]:
+        """The action distribution over the ``T * B`` time-major rows of ``obs [T, B, ...]``, and the actor state."""
+        return self._action_distribution(obs, actor_state, episode_starts)
 
-    @property
-    def lstm_actor(self) -> PackedStateLayout:
-        """What sb3-contrib's ``RecurrentPPO`` reads to size its state buffers (``num_layers``, ``hidden_size``)."""
-        return self.packed_state
+    def _action_distribution(
+        self, obs: PyTorchObs, actor_state: State, episode_starts: Tensor
+    ) -> tuple[Distribution, State]:
+        latent_pi, _, states = self._latents(obs, ActorCriticStates(actor_state, ()), episode_starts, critic=False)
+        return self._get_action_dist_from_latent(latent_pi), states.actor
 
-    @property
-    def lstm_hidden_state_shape(self) -> tuple[int, int, int]:
-        """Shape of one env's packed state, used by ``predict`` to start from zeros."""
-        return (1, 1, self.packed_state.hidden_size)
+    # ---------------------------------------------------------------- predict: the SB3 user API
 
-    def pack_state(self, state: State, batch_size: int) -> PackedState:
-        """A core state tuple (rows ``[batch_size]``) -> sb3-contrib's ``(s0, s1)``, each ``[1, batch_size, W]``."""
-        return self.packed_state.pack(state, batch_size, self.device)
+    def _check_predict_state(self, state: Any, n_envs: int) -> State:
+        """The actor state for ``n_envs`` observations from what a user passed (None: zeros)."""
+        if state is None:
+            return self.actor_core.initial_state(n_envs, device=self.device)
+        spec = self.actor_core.state_spec
+        expected = [(n_envs, *s.shape) for s in spec]
+        names = ", ".join(s.name for s in spec)
+        where = f"{type(self).__name__}.predict: state"
+        arrays = [s if th.is_tensor(s) else np.asarray(s) for s in state] if isinstance(state, (tuple, list)) else []
+        shapes = [tuple(a.shape) for a in arrays]
+        numeric = all(th.is_tensor(a) or np.issubdtype(a.dtype, np.number) for a in arrays)
+        if len(arrays) != len(spec) or not numeric or (
+            [shape[1:] for shape in shapes] != [e[1:] for e in expected]
+        ):
+            raise ValueError(f"{where} must be the ({names}) tuple that predict returned, shapes {expected} for "
+                             f"{n_envs} observation(s); got {_shapes(state)} (pass state=None to start from zeros)")
+        rows = {shape[0] for shape in shapes}
+        if rows != {n_envs}:
+            raise ValueError(f"{where} holds {sorted(rows)} env row(s) but the observation holds {n_envs}: pass the "
+                             f"state predict returned for these {n_envs} envs, or state=None to start from zeros")
+        return tuple(th.as_tensor(a, dtype=self.value_net.weight.dtype, device=self.device) for a in arrays)
 
-    def unpack_state(self, packed: PackedState) -> State:
-        """sb3-contrib's ``(s0, s1)`` (e.g. the state returned by ``predict``) -> the core's state tuple."""
-        return self.packed_state.unpack(tuple(th.as_tensor(s, device=self.device) for s in packed))
+    def _check_predict_starts(self, episode_start: Any, n_envs: int) -> Tensor:
+        """``episode_start`` as a ``[1, n_envs]`` float tensor (None: no resets)."""
+        if episode_start is None:
+            return th.zeros(1, n_envs, device=self.device)
+        starts = np.asarray(episode_start)
+        if starts.shape != (n_envs,) or not (starts.dtype == bool or np.issubdtype(starts.dtype, np.number)):
+            raise ValueError(f"{type(self).__name__}.predict: episode_start must hold one flag per observation, "
+                             f"shape ({n_envs},), got {starts.dtype} of shape {starts.shape}")
+        return th.as_tensor(starts, dtype=th.float32, device=self.device).view(1, n_envs)
 
-    def _unpack_states(self, packed: RNNStates) -> RNNStates:
-        """Packed ``(pi, vf)`` -> native. A critic without a core has no ``vf`` state."""
-        pi = self.unpack_state(packed.pi)
-        vf = self.unpack_state(packed.vf) if self.critic_mode == "separate" else ()
-        return RNNStates(pi, vf)
+    def _check_finite_obs(self, obs: PyTorchObs) -> None:
+        for key, value in (obs.items() if isinstance(obs, dict) else [("", obs)]):
+            if value.is_floating_point() and th.isnan(value).any():
+                rows = th.isnan(value.reshape(value.shape[0], -1)).any(dim=1).nonzero().flatten().tolist()
+                entry = f"observation[{key!r}]" if key else "observation"
+                raise ValueError(f"{type(self).__name__}.predict: the {entry} holds NaN (rows {rows}); "
+                                 "check the environment or the preprocessing that produced it")
 
-    def _pack_states(self, states: RNNStates, batch_size: int) -> RNNStates:
-        """Native ``(pi, vf)`` -> packed; without a critic core the ``vf`` slot repeats the (detached) actor state."""
-        pi = self.pack_state(states.pi, batch_size)
-        vf = self.pack_state(states.vf, batch_size) if self.critic_mode == "separate" else tuple(s.detach() for s in pi)
-        return RNNStates(pi, vf)
+    def _predict_with_state(
+        self, observation: Union[np.ndarray, dict[str, np.ndarray]], state: Any, episode_start: Any,
+        deterministic: bool,
+    ) -> tuple[np.ndarray, State, int]:
+        """:meth:`predict` with the actor state left as tensors; also returns the number of observations."""
+        self.set_training_mode(False)
+        obs_tensor, vectorized_env = self.obs_to_tensor(observation)
+        first = next(iter(obs_tensor.values())) if isinstance(obs_tensor, dict) else obs_tensor
+        n_envs = first.shape[0]
+        actor_state = self._check_predict_state(state, n_envs)
+        starts = self._check_predict_starts(episode_start, n_envs)
+        self._check_finite_obs(obs_tensor)
+        with th.no_grad():
+            distribution, actor_state = self._action_distribution(
+                map_obs(lambda x: x.unsqueeze(0), obs_tensor), actor_state, starts
+            )
+            actions = distribution.get_actions(deterministic=deterministic)
+        actions = actions.cpu().numpy().reshape((-1, *self.action_space.shape))
+        if isinstance(self.action_space, spaces.Box):
+            actions = (self.unscale_action(actions) if self.squash_output
+                       else np.clip(actions, self.action_space.low, self.action_space.high))
+        if not vectorized_env:
+            actions = actions.squeeze(axis=0)
+        return actions, actor_state, n_envs
 
-    def forward(
-        self, obs: PyTorchObs, lstm_states: RNNStates, episode_starts: Tensor, deterministic: bool = False
-    ) -> tuple[Tensor, Tensor, Tensor, RNNStates]:
-        """sb3-contrib's forward: flat env-major ``obs [n_seq * T, ...]``, packed states -> actions, values,
-        log-probs, packed states."""
-        n_seq = lstm_states.pi[0].shape[1]
-        actions, values, log_prob, states = self.forward_sequences(
-            map_obs(lambda x: env_major_to_time_major(x, n_seq), obs),
-            self._unpack_states(lstm_states),
-            env_major_to_time_major(episode_starts, n_seq),
-            deterministic,
-        )
-        return (
-            time_major_to_env_major(actions),
-            time_major_to_env_major(values).unsqueeze(-1),
-            time_major_to_env_major(log_prob),
-            self._pack_states(states, n_seq),
-        )
+    def predict(  # type: ignore[override]
+        self,
+        observation: Union[np.ndarray, dict[str, np.ndarray]],
+        state: Optional[tuple[np.ndarray, ...]] = None,
+        episode_start: Optional[np.ndarray] = None,
+        deterministic: bool = False,
+    ) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
+        """Actions for ``observation [n_envs, ...]`` and the actor core's state after them.
 
-    def get_distribution(
-        self, obs: PyTorchObs, lstm_states: PackedState, episode_starts: Tensor
-    ) -> tuple[Distribution, PackedState]:
-        """sb3-contrib's get_distribution (used by ``predict``): the actor's distribution and packed actor state."""
-        n_seq = lstm_states[0].shape[1]
-        starts = env_major_to_time_major(episode_starts, n_seq)
-        flat_obs = map_obs(lambda x: flatten_time(env_major_to_time_major(x, n_seq)), obs)
-        latent_pi, _, state_pi = self._actor_latent(flat_obs, self.unpack_state(lstm_states), starts)
-        latent_pi = time_major_to_env_major(latent_pi.view(*starts.shape, -1))
-        return self._get_action_dist_from_latent(latent_pi), self.pack_state(state_pi, n_seq)
-
-    def predict_values(self, obs: PyTorchObs, lstm_states: PackedState, episode_starts: Tensor) -> Tensor:
-        """sb3-contrib's predict_values: values ``[n_seq * T, 1]`` from the packed ``vf`` state."""
-        n_seq = lstm_states[0].shape[1]
-        native = self.unpack_state(lstm_states) if self.critic_mode != "none" else ()
-        # sb3-contrib passes its vf slot, which holds the actor state when the critic reads the actor core.
-        states = RNNStates(native, ()) if self.critic_mode in ACTOR_CORE_CRITICS else RNNStates((), native)
-        values = self.predict_values_sequences(
-            map_obs(lambda x: env_major_to_time_major(x, n_seq), obs),
-            states,
-            env_major_to_time_major(episode_starts, n_seq),
-        )
-        return time_major_to_env_major(values).unsqueeze(-1)
-
-    def evaluate_actions(
-        self, obs: PyTorchObs, actions: Tensor, lstm_states: RNNStates, episode_starts: Tensor
-    ) -> tuple[Tensor, Tensor, Optional[Tensor]]:
-        """sb3-contrib's evaluate_actions on a flat env-major (padded) minibatch: values, log-probs, entropies."""
-        n_seq = lstm_states.pi[0].shape[1]
-        values, log_prob, entropy = self.evaluate_sequences(
-            map_obs(lambda x: env_major_to_time_major(x, n_seq), obs),
-            env_major_to_time_major(actions, n_seq),
-            self._unpack_states(lstm_states),
-            env_major_to_time_major(episode_starts, n_seq),
-        )
-        entropy = None if entropy is None else time_major_to_env_major(entropy)
-        return time_major_to_env_major(values).unsqueeze(-1), time_major_to_env_major(log_prob), entropy
+        :param observation: one observation per env (or a single observation)
+        :param state: the state this method returned at the previous step (the core's tuple, rows ``[n_envs]``), or
+            None for zeros
+        :param episode_start: ``[n_envs]`` flags (the previous step's ``dones``): those rows are reset first
+        :param deterministic: take the mode of the action distribution
+        :return: actions ``[n_envs, *action_shape]`` (no batch dim for a single observation) and the state
+        """
+        actions, actor_state, _ = self._predict_with_state(observation, state, episode_start, deterministic)
+        return actions, tuple(s.cpu().numpy() for s in actor_state)
 
 
-class MultiInputFWMPolicy(FWMPolicy):
-    """:class:`FWMPolicy` for Dict observations (``CombinedExtractor`` by default)."""
+class MultiInputCorePolicy(CorePolicy):
+    """:class:`CorePolicy` for Dict observations (``CombinedExtractor`` by default)."""
 
     def __init__(self, *args: Any, features_extractor_class: type[BaseFeaturesExtractor] = CombinedExtractor,
                  **kwargs: Any) -> None:
         super().__init__(*args, features_extractor_class=features_extractor_class, **kwargs)
 
 
-class LSTMPolicy(FWMPolicy):
-    """:class:`FWMPolicy` with the "lstm" core and sb3-contrib's default size (256) by default."""
+class LSTMPolicy(CorePolicy):
+    """:class:`CorePolicy` with the "lstm" core and sb3-contrib's default size (256) by default."""
 
     def __init__(self, *args: Any, core: str = "lstm", hidden_size: int = 256, **kwargs: Any) -> None:
         super().__init__(*args, core=core, hidden_size=hidden_size, **kwargs)
 
 
-class MultiInputLSTMPolicy(MultiInputFWMPolicy):
-    """:class:`MultiInputFWMPolicy` with the "lstm" core and size 256 by default."""
+class MultiInputLSTMPolicy(MultiInputCorePolicy):
+    """:class:`MultiInputCorePolicy` with the "lstm" core and size 256 by default."""
 
     def __init__(self, *args: Any, core: str = "lstm", hidden_size: int = 256, **kwargs: Any) -> None:
         super().__init__(*args, core=core, hidden_size=hidden_size, **kwargs)

@@ -1,36 +1,64 @@
 """RecurrentPPO with whole-trajectory minibatches: sb3-contrib's API, without its per-timestep training loop.
 
 sb3-contrib's ``RecurrentPPO`` stores the LSTM state at every step and trains on padded sequence chunks, looping over
-time in Python whenever an episode starts inside a chunk. This subclass keeps its public API (constructor, ``learn``,
-``predict``, ``save``/``load``, logged keys) and changes the data path: the policy's native core states, a
+time in Python whenever an episode starts inside a chunk. This ``OnPolicyAlgorithm`` keeps its public API
+(constructor, ``learn``, ``predict``, ``save``/``load``, logged keys) and changes the data path: a
+:class:`~fwm_rl.agents.CorePolicy` and its cores' own states, a
 :class:`~fwm_rl.agents.buffers.TrajectoryRolloutBuffer` that stores them once per rollout, minibatches of whole
 env-trajectories ``[n_steps, B_mb]`` run through the core in one call, and a batched timeout bootstrap.
 """
 from __future__ import annotations
 
-from typing import Any, ClassVar, Optional, TypeVar, Union
+import copy
+from typing import Any, ClassVar, NamedTuple, Optional, TypeVar, Union
 
 import numpy as np
 import torch as th
 from gymnasium import spaces
-from sb3_contrib import RecurrentPPO as SB3ContribRecurrentPPO
 from stable_baselines3.common.buffers import RolloutBuffer
 from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 from stable_baselines3.common.policies import BasePolicy
-from stable_baselines3.common.type_aliases import GymEnv, Schedule
+from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, Schedule
 from stable_baselines3.common.utils import FloatSchedule, explained_variance, obs_as_tensor
 from stable_baselines3.common.vec_env import VecEnv
 from torch import Tensor
 from torch.nn import functional as F
 
 from fwm_rl.agents.buffers import TrajectoryBatch, TrajectoryDictRolloutBuffer, TrajectoryRolloutBuffer
-from fwm_rl.agents.policies import FWMPolicy, LSTMPolicy, MultiInputFWMPolicy, MultiInputLSTMPolicy
-from fwm_rl.agents.state import select_rows
+from fwm_rl.agents.checks import check_finite, check_on_policy_hyperparameters
+from fwm_rl.agents.policies import CorePolicy, LSTMPolicy, MultiInputCorePolicy, MultiInputLSTMPolicy
+from fwm_rl.agents.sb3_contrib_adapter import SB3ContribCorePolicy
+from fwm_rl.agents.state import ActorCriticStates, select_rows
+
+# get_runtime_state() key -> attribute read by learn() / collect_rollouts()
+RUNTIME_STATE = {
+    "last_obs": "_last_obs",
+    "last_original_obs": "_last_original_obs",
+    "last_episode_starts": "_last_episode_starts",
+    "last_states": "_last_core_states",
+    "ep_info_buffer": "ep_info_buffer",
+    "ep_success_buffer": "ep_success_buffer",
+    "num_timesteps": "num_timesteps",
+    "n_updates": "_n_updates",
+    "episode_num": "_episode_num",
+    "current_progress_remaining": "_current_progress_remaining",
+}
+
+class EnvStep(NamedTuple):
+    """What the vec env returned on the latest step of a rollout (``RecurrentPPO.last_env_step``): the env's own
+    rewards, before any timeout bootstrap is added."""
+
+    observations: Union[np.ndarray, dict[str, np.ndarray]]  # [n_envs, ...], after autoreset
+    rewards: np.ndarray  # [n_envs]
+    dones: np.ndarray  # [n_envs]
+    infos: list[dict[str, Any]]
+
 
 SelfRecurrentPPO = TypeVar("SelfRecurrentPPO", bound="RecurrentPPO")
 
 
-class RecurrentPPO(SB3ContribRecurrentPPO):
+class RecurrentPPO(OnPolicyAlgorithm):
     """PPO (clip) for recurrent policies with any ``fwm_rl`` core, trained on whole env-trajectories.
 
     Same arguments as ``sb3_contrib.RecurrentPPO`` plus ``timeout_bootstrap``, with these differences:
@@ -41,9 +69,8 @@ class RecurrentPPO(SB3ContribRecurrentPPO):
     * training starts each trajectory from the state stored at the rollout start and replays the rollout's episode
       resets inside the core (full BPTT over ``n_steps``), so on the first epoch the recomputed log-probs equal the
       collected ones;
-    * the policy must be an :class:`~fwm_rl.agents.FWMPolicy` (aliases "MlpFwmPolicy", "MultiInputFwmPolicy",
-      "MlpLstmPolicy", "MultiInputLstmPolicy"); sb3-contrib's own ``MlpLstmPolicy`` runs with
-      ``sb3_contrib.RecurrentPPO``.
+    * the policy must be a :class:`~fwm_rl.agents.CorePolicy` (aliases "MlpFwmPolicy", "MultiInputFwmPolicy",
+      "MlpLstmPolicy", "MultiInputLstmPolicy"); ``predict`` returns the actor core's state tuple (``(h, c, F)``).
 
     :param timeout_bootstrap: on truncation (``TimeLimit.truncated``) add ``gamma * V(terminal observation)`` to the
         reward, as SB3 does; False treats truncation as termination (the FWM paper's Monte-Carlo returns)
@@ -51,18 +78,18 @@ class RecurrentPPO(SB3ContribRecurrentPPO):
     See ``sb3_contrib.RecurrentPPO`` for the other parameters.
     """
 
-    policy: FWMPolicy
+    policy: CorePolicy
     rollout_buffer: Union[TrajectoryRolloutBuffer, TrajectoryDictRolloutBuffer]
     policy_aliases: ClassVar[dict[str, type[BasePolicy]]] = {
-        "MlpFwmPolicy": FWMPolicy,
-        "MultiInputFwmPolicy": MultiInputFWMPolicy,
+        "MlpFwmPolicy": CorePolicy,
+        "MultiInputFwmPolicy": MultiInputCorePolicy,
         "MlpLstmPolicy": LSTMPolicy,
         "MultiInputLstmPolicy": MultiInputLSTMPolicy,
     }
 
     def __init__(
         self,
-        policy: Union[str, type[FWMPolicy]],
+        policy: Union[str, type[CorePolicy]],
         env: Union[GymEnv, str],
         learning_rate: Union[float, Schedule] = 3e-4,
         n_steps: int = 128,
@@ -88,24 +115,23 @@ class RecurrentPPO(SB3ContribRecurrentPPO):
         device: Union[th.device, str] = "auto",
         _init_setup_model: bool = True,
     ) -> None:
+        check_on_policy_hyperparameters(
+            type(self).__name__, learning_rate=learning_rate, n_steps=n_steps, gamma=gamma, gae_lambda=gae_lambda,
+            ent_coef=ent_coef, vf_coef=vf_coef, max_grad_norm=max_grad_norm, batch_size=batch_size,
+            n_epochs=n_epochs, clip_range=clip_range, clip_range_vf=clip_range_vf, target_kl=target_kl,
+        )
         super().__init__(
             policy,
             env,
             learning_rate=learning_rate,
             n_steps=n_steps,
-            batch_size=batch_size,
-            n_epochs=n_epochs,
             gamma=gamma,
             gae_lambda=gae_lambda,
-            clip_range=clip_range,
-            clip_range_vf=clip_range_vf,
-            normalize_advantage=normalize_advantage,
             ent_coef=ent_coef,
             vf_coef=vf_coef,
             max_grad_norm=max_grad_norm,
             use_sde=use_sde,
             sde_sample_freq=sde_sample_freq,
-            target_kl=target_kl,
             stats_window_size=stats_window_size,
             tensorboard_log=tensorboard_log,
             policy_kwargs=policy_kwargs,
@@ -113,19 +139,24 @@ class RecurrentPPO(SB3ContribRecurrentPPO):
             seed=seed,
             device=device,
             _init_setup_model=False,
+            supported_action_spaces=(spaces.Box, spaces.Discrete, spaces.MultiDiscrete, spaces.MultiBinary),
         )
+        self.batch_size = batch_size
+        self.n_epochs = n_epochs
+        self.clip_range = clip_range
+        self.clip_range_vf = clip_range_vf
+        self.normalize_advantage = normalize_advantage
+        self.target_kl = target_kl
         self.timeout_bootstrap = timeout_bootstrap
+        self._last_core_states: Optional[ActorCriticStates] = None
+        self.last_env_step: Optional[EnvStep] = None  # for callbacks: read it in on_step, instead of self.locals
         if _init_setup_model:
             self._setup_model()
 
     def _envs_per_batch(self) -> Optional[int]:
-        """Envs per minibatch from ``batch_size`` (None: all); ``ValueError`` unless a positive multiple of n_steps."""
+        """Envs per minibatch from ``batch_size`` (None: all); ``ValueError`` unless a multiple of n_steps."""
         if self.batch_size is None:
             return None
-        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size <= 0:
-            raise ValueError(
-                f"{type(self).__name__}: batch_size must be a positive integer or None, got {self.batch_size!r}"
-            )
         if self.batch_size % self.n_steps != 0:
             raise ValueError(
                 f"{type(self).__name__}: batch_size={self.batch_size} must be a multiple of n_steps={self.n_steps}: a "
@@ -136,9 +167,15 @@ class RecurrentPPO(SB3ContribRecurrentPPO):
     def _setup_model(self) -> None:
         self._setup_lr_schedule()
         self.set_random_seed(self.seed)
-        if not (isinstance(self.policy_class, type) and issubclass(self.policy_class, FWMPolicy)):
+        is_class = isinstance(self.policy_class, type)
+        if is_class and issubclass(self.policy_class, SB3ContribCorePolicy):
             raise ValueError(
-                f"{type(self).__name__} needs an FWMPolicy (or one of {sorted(self.policy_aliases)}), got "
+                f"{type(self).__name__} takes a CorePolicy (or one of {sorted(self.policy_aliases)}); "
+                f"{self.policy_class.__name__} is the adapter for sb3_contrib.RecurrentPPO"
+            )
+        if not (is_class and issubclass(self.policy_class, CorePolicy)):
+            raise ValueError(
+                f"{type(self).__name__} needs a CorePolicy (or one of {sorted(self.policy_aliases)}), got "
                 f"{self.policy_class!r}; sb3-contrib's own policies run with sb3_contrib.RecurrentPPO"
             )
         self._envs_per_batch()
@@ -158,11 +195,9 @@ class RecurrentPPO(SB3ContribRecurrentPPO):
             gae_lambda=self.gae_lambda,
             n_envs=self.n_envs,
         )
-        self._last_lstm_states = self.policy.initial_state(self.n_envs)
+        self._last_core_states = self.policy.initial_state(self.n_envs)
         self.clip_range = FloatSchedule(self.clip_range)
         if self.clip_range_vf is not None:
-            if isinstance(self.clip_range_vf, (float, int)) and self.clip_range_vf <= 0:
-                raise ValueError(f"clip_range_vf must be positive (None disables it), got {self.clip_range_vf}")
             self.clip_range_vf = FloatSchedule(self.clip_range_vf)
 
     def _obs_to_time_major(self, obs: Union[np.ndarray, dict[str, np.ndarray]]) -> Any:
@@ -186,7 +221,7 @@ class RecurrentPPO(SB3ContribRecurrentPPO):
         else:
             stacked = np.stack(terminal)
         with th.no_grad():
-            values = self.policy.predict_values_sequences(
+            values = self.policy.predict_values(
                 self._obs_to_time_major(stacked),
                 select_rows(states, th.as_tensor(envs, device=self.device)),
                 th.zeros(1, len(envs), device=self.device),
@@ -203,18 +238,18 @@ class RecurrentPPO(SB3ContribRecurrentPPO):
         self.policy.set_training_mode(False)
         n_steps = 0
         rollout_buffer.reset()
-        rollout_buffer.initial_state = self._last_lstm_states
+        rollout_buffer.initial_state = self._last_core_states
         if self.use_sde:
             self.policy.reset_noise(env.num_envs)
         callback.on_rollout_start()
-        states = self._last_lstm_states
+        states = self._last_core_states
         while n_steps < n_rollout_steps:
             if self.use_sde and self.sde_sample_freq > 0 and n_steps % self.sde_sample_freq == 0:
                 self.policy.reset_noise(env.num_envs)
             with th.no_grad():
                 obs_tensor = self._obs_to_time_major(self._last_obs)
                 episode_starts = th.as_tensor(self._last_episode_starts, dtype=th.float32, device=self.device)
-                actions, values, log_probs, states = self.policy.forward_sequences(
+                actions, values, log_probs, states = self.policy.forward(
                     obs_tensor, states, episode_starts.unsqueeze(0)
                 )
             actions = actions[0].cpu().numpy()
@@ -223,6 +258,7 @@ class RecurrentPPO(SB3ContribRecurrentPPO):
                 clipped_actions = np.clip(actions, self.action_space.low, self.action_space.high)
             new_obs, rewards, dones, infos = env.step(clipped_actions)
             self.num_timesteps += env.num_envs
+            self.last_env_step = EnvStep(new_obs, rewards, dones, infos)
             callback.update_locals(locals())
             if not callback.on_step():
                 return False
@@ -237,10 +273,10 @@ class RecurrentPPO(SB3ContribRecurrentPPO):
             )
             self._last_obs = new_obs  # type: ignore[assignment]
             self._last_episode_starts = dones
-            self._last_lstm_states = states
+            self._last_core_states = states
         with th.no_grad():
             episode_starts = th.as_tensor(dones, dtype=th.float32, device=self.device)
-            last_values = self.policy.predict_values_sequences(
+            last_values = self.policy.predict_values(
                 self._obs_to_time_major(new_obs), states, episode_starts.unsqueeze(0)
             )[0]
         rollout_buffer.compute_returns_and_advantage(last_values=last_values, dones=dones)
@@ -250,7 +286,7 @@ class RecurrentPPO(SB3ContribRecurrentPPO):
 
     def _evaluate(self, batch: TrajectoryBatch) -> tuple[Tensor, Tensor, Tensor]:
         """Values, log-probs ``[T, B]`` and the entropy loss of ``batch`` under the current policy."""
-        values, log_prob, entropy = self.policy.evaluate_sequences(
+        values, log_prob, entropy = self.policy.evaluate_actions(
             batch.observations, batch.actions, batch.initial_state, batch.episode_starts
         )
         # Without an analytical entropy, -log_prob estimates it.
@@ -258,10 +294,55 @@ class RecurrentPPO(SB3ContribRecurrentPPO):
         return values, log_prob, entropy_loss
 
     def _gradient_step(self, loss: Tensor) -> None:
+        """One optimizer step on ``loss``; :class:`NonFiniteError` (before the step) if the loss or the gradient norm
+        is not finite, so the parameters stay those of the last good step."""
+        check_finite("loss", loss.detach(), self._n_updates, self.num_timesteps)
         self.policy.optimizer.zero_grad()
         loss.backward()
-        th.nn.utils.clip_grad_norm_(self.policy.parameters(), self.max_grad_norm)
+        grad_norm = th.nn.utils.clip_grad_norm_(self.policy.parameters(), self.max_grad_norm)
+        check_finite("grad_norm", grad_norm, self._n_updates, self.num_timesteps)
         self.policy.optimizer.step()
+
+    def learn(
+        self: SelfRecurrentPPO,
+        total_timesteps: int,
+        callback: MaybeCallback = None,
+        log_interval: int = 1,
+        tb_log_name: str = "RecurrentPPO",
+        reset_num_timesteps: bool = True,
+        progress_bar: bool = False,
+    ) -> SelfRecurrentPPO:
+        return super().learn(
+            total_timesteps=total_timesteps,
+            callback=callback,
+            log_interval=log_interval,
+            tb_log_name=tb_log_name,
+            reset_num_timesteps=reset_num_timesteps,
+            progress_bar=progress_bar,
+        )
+
+    def _excluded_save_params(self) -> list[str]:
+        return [*super()._excluded_save_params(), "_last_core_states", "last_env_step"]  # see get_runtime_state
+
+    def get_runtime_state(self) -> dict[str, Any]:
+        """What the next ``learn(..., reset_num_timesteps=False)`` reads beyond what ``save()`` stores: the last
+        observation, episode starts and recurrent states, the episode-info buffers and the counters (a picklable
+        copy; pair it with the env, whose state is the env's own)."""
+        return copy.deepcopy({name: getattr(self, attribute) for name, attribute in RUNTIME_STATE.items()})
+
+    def set_runtime_state(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`get_runtime_state` returned (after ``load``), so that ``learn(...,
+        reset_num_timesteps=False)`` continues exactly where the saved run stopped."""
+        missing, unknown = sorted(set(RUNTIME_STATE) - set(state)), sorted(set(state) - set(RUNTIME_STATE))
+        if missing or unknown:
+            raise ValueError(f"{type(self).__name__}: runtime state lacks {missing} and has unknown keys {unknown}; "
+                             f"expected the keys {sorted(RUNTIME_STATE)} of get_runtime_state()")
+        state = copy.deepcopy(state)
+        states = state["last_states"]
+        if states is not None:
+            state["last_states"] = ActorCriticStates(*(tuple(s.to(self.device) for s in part) for part in states))
+        for name, attribute in RUNTIME_STATE.items():
+            setattr(self, attribute, state[name])
 
     def _record_common(self) -> None:
         """Log the keys every on-policy algorithm logs after an update."""

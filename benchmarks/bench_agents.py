@@ -1,48 +1,49 @@
-"""Env-steps/s of ``learn()`` on GraphNav at the FWM paper's sizes: sb3-contrib's RecurrentPPO vs ours.
+"""Env-steps/s of ``learn()`` on GraphNav: sb3-contrib's RecurrentPPO against ours (issue 17's two targets).
 
-Contestants (one process, run in turn, same env and PPO hyperparameters):
+Contestants (one process, run in turn on the same env, one torch thread by default):
 
-* ``sb3c-lstm``:     ``sb3_contrib.RecurrentPPO`` + its ``MlpLstmPolicy`` (``lstm_hidden_size=--lstm-hidden``);
-* ``sb3c-fwm``:      ``sb3_contrib.RecurrentPPO`` + our ``FWMPolicy`` (packed state stored at every step);
-* ``ours-ppo-lstm``: our ``RecurrentPPO`` + ``MlpLstmPolicy`` of the same size (isolates the algorithm);
-* ``ours-ppo``:      our ``RecurrentPPO`` + FWM (state stored once per rollout, whole-trajectory minibatches);
-* ``ours-a2c``:      our ``RecurrentA2C`` + FWM with :func:`paper_a2c_kwargs` (one update per rollout).
+* ``sb3c-lstm``:      ``sb3_contrib.RecurrentPPO("MlpLstmPolicy")`` (LSTM 256) at sb3-contrib's defaults;
+* ``ours-fwm``:       our ``RecurrentPPO("MlpFwmPolicy")`` with FWM-32-16 at our defaults;
+* ``sb3c-lstm-same``: sb3-contrib + LSTM 256 at ``--batch-size`` / ``--n-epochs``;
+* ``ours-lstm-same``: ours + LSTM 256 (``"MlpLstmPolicy"``) at the same hyperparameters;
+* ``ours-a2c``:       our ``RecurrentA2C`` with :func:`paper_a2c_kwargs` (the FWM paper's learner), for reference.
 
-Env: ``FWM/GraphNav-v0`` (5 nodes, 3 actions, 30-step lifetimes) as one batched SB3 VecEnv of ``--n-envs`` (600)
-envs. FWM: hidden 32, d = 16 ("rl" preset). All policies have linear heads (``net_arch=[]``) and a separate critic
-core. A tiny warm-up run first pays the one-off costs (lazy imports, loading the fused kernel); then each
-contestant runs ``--rollouts`` rollouts of ``n_envs * n_steps`` steps; the rate is env-steps / wall time of
-``learn()``, with the share spent in ``train()``.
+Targets: ``ours-fwm / sb3c-lstm >= 10`` and ``ours-lstm-same / sb3c-lstm-same >= 10``. Both libraries' defaults
+are n_epochs 10 and a separate critic core with (64, 64) MLPs; sb3-contrib's batch_size is 128 transitions (padded
+sequence chunks), ours ``None`` (all env-trajectories in one minibatch); "same" uses 120 = 4 whole trajectories of 30
+steps, the multiple of n_steps nearest sb3-contrib's 128. Env: ``FWM/GraphNav-v0`` (5 nodes, 3 actions, 30-step
+lifetimes) as one batched SB3 VecEnv of ``--n-envs`` (64) envs, ``n_steps=30``. A tiny warm-up run first pays the
+one-off costs (lazy imports, loading the fused kernel); each contestant then runs ``--rollouts`` rollouts, and the rate
+is env-steps / wall time of ``learn()``, with the share spent in ``train()``::
 
-    python benchmarks/bench_agents.py                      # all four, paper sizes
-    python benchmarks/bench_agents.py --only ours-ppo ours-a2c --rollouts 3
+    python benchmarks/bench_agents.py
+    python benchmarks/bench_agents.py --only ours-fwm ours-lstm-same --profile   # torch.profiler top entries
 """
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from typing import Any, Callable
 
 import sb3_contrib
 import torch as th
 
-from fwm_rl.agents import FWMPolicy, RecurrentA2C, RecurrentPPO, paper_a2c_kwargs
+from fwm_rl.agents import RecurrentA2C, RecurrentPPO, paper_a2c_kwargs
 from fwm_rl.envs import make_vec_env
 
-FWM_POLICY = dict(core="fwm", hidden_size=32, core_kwargs=dict(preset="rl", memory_size=16), net_arch=[])
+FWM_32_16 = dict(core="fwm", hidden_size=32, core_kwargs=dict(preset="rl", memory_size=16))
+TARGETS = (("ours-fwm", "sb3c-lstm"), ("ours-lstm-same", "sb3c-lstm-same"))
 
 
 def contestants(args: argparse.Namespace) -> dict[str, Callable[[Any], Any]]:
-    ppo = dict(n_steps=args.n_steps, batch_size=args.batch_size, n_epochs=args.n_epochs, learning_rate=3e-4,
-               gamma=0.9, seed=0, device="cpu")
-    lstm = dict(hidden_size=args.lstm_hidden, net_arch=[])
+    common = dict(n_steps=args.n_steps, seed=0, device="cpu")
+    same = dict(batch_size=args.batch_size, n_epochs=args.n_epochs, **common)
     return {
-        "sb3c-lstm": lambda env: sb3_contrib.RecurrentPPO(
-            "MlpLstmPolicy", env, policy_kwargs=dict(lstm_hidden_size=args.lstm_hidden, net_arch=[]), **ppo
-        ),
-        "sb3c-fwm": lambda env: sb3_contrib.RecurrentPPO(FWMPolicy, env, policy_kwargs=FWM_POLICY, **ppo),
-        "ours-ppo-lstm": lambda env: RecurrentPPO("MlpLstmPolicy", env, policy_kwargs=lstm, **ppo),
-        "ours-ppo": lambda env: RecurrentPPO("MlpFwmPolicy", env, policy_kwargs=FWM_POLICY, **ppo),
+        "sb3c-lstm": lambda env: sb3_contrib.RecurrentPPO("MlpLstmPolicy", env, **common),
+        "ours-fwm": lambda env: RecurrentPPO("MlpFwmPolicy", env, policy_kwargs=FWM_32_16, **common),
+        "sb3c-lstm-same": lambda env: sb3_contrib.RecurrentPPO("MlpLstmPolicy", env, **same),
+        "ours-lstm-same": lambda env: RecurrentPPO("MlpLstmPolicy", env, **same),
         "ours-a2c": lambda env: RecurrentA2C("MlpFwmPolicy", env, seed=0, device="cpu", **paper_a2c_kwargs()),
     }
 
@@ -51,7 +52,7 @@ def warm_up() -> None:
     """Pay the one-off costs (lazy torch imports, loading the fused FWM kernel) before anything is timed."""
     env = make_vec_env("FWM/GraphNav-v0", 2, seed=0)
     sb3_contrib.RecurrentPPO("MlpLstmPolicy", env, n_steps=30, batch_size=60, device="cpu").learn(60)
-    RecurrentPPO("MlpFwmPolicy", env, n_steps=30, policy_kwargs=FWM_POLICY, device="cpu").learn(60)
+    RecurrentPPO("MlpFwmPolicy", env, n_steps=30, policy_kwargs=FWM_32_16, device="cpu").learn(60)
 
 
 def measure(build: Callable[[Any], Any], args: argparse.Namespace) -> tuple[float, float]:
@@ -73,16 +74,31 @@ def measure(build: Callable[[Any], Any], args: argparse.Namespace) -> tuple[floa
     return args.rollouts * rollout / elapsed, train_time[0] / elapsed
 
 
+def profile(build: Callable[[Any], Any], args: argparse.Namespace, name: str) -> None:
+    """torch.profiler's top entries (self CPU time) for one rollout + one update, after one untimed update."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    model = build(make_vec_env("FWM/GraphNav-v0", args.n_envs, seed=0))
+    rollout = model.n_envs * model.n_steps
+    model.learn(rollout)
+    with torch_profile(activities=[ProfilerActivity.CPU], with_stack=False) as prof:
+        model.learn(rollout, reset_num_timesteps=False)
+    print(f"\n### {name}: one rollout + one update\n")
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.profile_rows))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", nargs="+", default=None, help="contestants to run (default: all)")
-    parser.add_argument("--n-envs", type=int, default=600)
+    parser.add_argument("--n-envs", type=int, default=64)
     parser.add_argument("--n-steps", type=int, default=30)
-    parser.add_argument("--batch-size", type=int, default=1800, help="PPO minibatch in transitions (60 envs x 30)")
-    parser.add_argument("--n-epochs", type=int, default=4)
-    parser.add_argument("--lstm-hidden", type=int, default=256, help="LSTM size (sb3-contrib's default 256)")
+    parser.add_argument("--batch-size", type=int, default=120, help="the 'same' rows' minibatch, in transitions")
+    parser.add_argument("--n-epochs", type=int, default=10, help="the 'same' rows' epochs")
     parser.add_argument("--rollouts", type=int, default=2, help="timed rollouts per contestant")
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
+    parser.add_argument("--profile", action="store_true", help="print torch.profiler tables instead of rates")
+    parser.add_argument("--profile-rows", type=int, default=15)
     args = parser.parse_args()
     th.set_num_threads(args.threads)
     table = contestants(args)
@@ -90,18 +106,22 @@ def main() -> None:
     unknown = sorted(set(names) - set(table))
     if unknown:
         parser.error(f"unknown contestant(s) {unknown}; choose from {list(table)}")
-    print(f"GraphNav, {args.n_envs} envs x {args.n_steps} steps; PPO batch_size={args.batch_size}, "
-          f"n_epochs={args.n_epochs}; torch threads={args.threads}")
-    print(f"LSTM hidden {args.lstm_hidden}; FWM hidden 32, d 16")
-    print("| contestant | env-steps/s | train share |\n|---|---|---|", flush=True)
+    print(f"GraphNav, {args.n_envs} envs x {args.n_steps} steps; 'same' rows: batch_size={args.batch_size}, "
+          f"n_epochs={args.n_epochs}; torch threads={args.threads}; load average {os.getloadavg()[0]:.1f}")
     warm_up()
+    if args.profile:
+        for name in names:
+            profile(table[name], args, name)
+        return
+    print("| contestant | env-steps/s | train share |\n|---|---|---|", flush=True)
     rates = {}
     for name in names:
         rates[name], train_share = measure(table[name], args)
         print(f"| {name} | {rates[name]:,.0f} | {100 * train_share:.0f} % |", flush=True)
-    for ours, theirs in (("ours-ppo", "sb3c-lstm"), ("ours-ppo", "sb3c-fwm"), ("ours-ppo-lstm", "sb3c-lstm")):
+    for ours, theirs in TARGETS:
         if ours in rates and theirs in rates:
-            print(f"{ours} / {theirs} = {rates[ours] / rates[theirs]:.1f}x")
+            print(f"{ours} / {theirs} = {rates[ours] / rates[theirs]:.1f}x (target 10x)")
+    print(f"load average at the end {os.getloadavg()[0]:.1f}")
 
 
 if __name__ == "__main__":

@@ -3,7 +3,8 @@ recurrence, A2C is PPO with one epoch/one batch, save/load/predict, SB3 logging,
 from __future__ import annotations
 
 import csv
-import time
+import pickle
+import random
 
 import gymnasium as gym
 import numpy as np
@@ -11,13 +12,13 @@ import pytest
 import sb3_contrib
 import torch as th
 from gymnasium import spaces
-from stable_baselines3.common.callbacks import EvalCallback
+from stable_baselines3.common.callbacks import BaseCallback, EvalCallback
 from stable_baselines3.common.env_util import make_vec_env as sb3_make_vec_env
 from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.logger import configure
 from stable_baselines3.common.save_util import load_from_zip_file
 
-from fwm_rl.agents import FWMPolicy, LSTMPolicy, RecurrentA2C, RecurrentPPO, paper_a2c_kwargs
+from fwm_rl.agents import CorePolicy, FWMPolicy, LSTMPolicy, RecurrentA2C, RecurrentPPO, paper_a2c_kwargs
 from fwm_rl.envs import make_vec_env
 from prediction_checks import assert_same_predictions
 
@@ -39,12 +40,13 @@ def start_learning(model, total_timesteps: int = 10**6):
 
 
 def test_rollout_equals_sb3_contrib_rollout_including_timeout_bootstrap():
-    """Same policy class, seed and env: our native-state collection and batched truncation bootstrap give the buffer
-    sb3-contrib's packed-state collection with its per-env bootstrap gives (episodes of 12 steps end in the rollout)."""
+    """Same seed and env: our CorePolicy with native-state collection and a batched truncation bootstrap gives the
+    buffer sb3-contrib's RecurrentPPO gives with the adapter (packed states) and its per-env bootstrap (episodes of
+    12 steps end in the rollout)."""
     kwargs = dict(n_steps=20, batch_size=40, gamma=0.9, policy_kwargs=SMALL_FWM, seed=3, device="cpu")
     models = []
-    for algo in (sb3_contrib.RecurrentPPO, RecurrentPPO):  # built and run in turn: the seed is set at construction
-        model = algo(FWMPolicy, graph_env(4, seed=7), **kwargs)
+    for algo, policy in ((sb3_contrib.RecurrentPPO, FWMPolicy), (RecurrentPPO, CorePolicy)):  # run in turn: the
+        model = algo(policy, graph_env(4, seed=7), **kwargs)  # seed is set at construction
         model.collect_rollouts(model.env, start_learning(model), model.rollout_buffer, model.n_steps)
         models.append(model)
     theirs, ours = models
@@ -56,26 +58,38 @@ def test_rollout_equals_sb3_contrib_rollout_including_timeout_bootstrap():
         np.testing.assert_allclose(getattr(a, name), getattr(b, name), atol=1e-5, rtol=1e-5, err_msg=name)
 
 
+class EnvStepRecorder(BaseCallback):
+    """Collects the env's rewards of every step through ``model.last_env_step``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rewards: list[np.ndarray] = []
+
+    def _on_step(self) -> bool:
+        self.rewards.append(self.model.last_env_step.rewards.copy())
+        return True
+
+
 def test_timeout_bootstrap_false_treats_truncation_as_termination():
-    ours = RecurrentPPO(FWMPolicy, graph_env(3, episode_steps=5), n_steps=10, batch_size=None, gamma=0.9,
-                        timeout_bootstrap=False, policy_kwargs=SMALL_FWM, seed=0, device="cpu")
-    rewards = []
-    callback = start_learning(ours)
-    callback.update_locals = lambda local_vars: rewards.append(local_vars["rewards"].copy())  # env rewards per step
-    ours.collect_rollouts(ours.env, callback, ours.rollout_buffer, ours.n_steps)
-    assert ours.rollout_buffer.episode_starts[1:].any()
-    np.testing.assert_array_equal(ours.rollout_buffer.rewards, np.stack(rewards[: ours.n_steps]))
+    for timeout_bootstrap in (False, True):
+        ours = RecurrentPPO(CorePolicy, graph_env(3, episode_steps=5), n_steps=10, batch_size=None, gamma=0.9,
+                            timeout_bootstrap=timeout_bootstrap, policy_kwargs=SMALL_FWM, seed=0, device="cpu")
+        recorder = EnvStepRecorder()
+        ours.learn(30, callback=recorder)
+        assert ours.rollout_buffer.episode_starts[1:].any()
+        same = np.array_equal(ours.rollout_buffer.rewards, np.stack(recorder.rewards))
+        assert same == (not timeout_bootstrap)  # the bootstrap adds gamma * V(terminal obs) at truncations
 
 
 def test_buffer_stores_state_once_and_yields_whole_env_trajectories():
-    model = RecurrentPPO(FWMPolicy, graph_env(6), n_steps=10, batch_size=20, policy_kwargs=SMALL_FWM, seed=0,
+    model = RecurrentPPO(CorePolicy, graph_env(6), n_steps=10, batch_size=20, policy_kwargs=SMALL_FWM, seed=0,
                          device="cpu")
     callback = start_learning(model)
     for _ in range(2):  # the second rollout starts from a non-zero state
         model.collect_rollouts(model.env, callback, model.rollout_buffer, model.n_steps)
     buffer = model.rollout_buffer
-    assert [tuple(s.shape) for s in buffer.initial_state.pi] == [(6, 16), (6, 16), (6, 4, 4, 4)]
-    assert any(s.abs().sum() > 0 for s in buffer.initial_state.pi)
+    assert [tuple(s.shape) for s in buffer.initial_state.actor] == [(6, 16), (6, 16), (6, 4, 4, 4)]
+    assert any(s.abs().sum() > 0 for s in buffer.initial_state.actor)
     np.random.seed(0)
     order = np.random.permutation(6)
     np.random.seed(0)
@@ -88,21 +102,21 @@ def test_buffer_stores_state_once_and_yields_whole_env_trajectories():
         th.testing.assert_close(batch.actions, th.as_tensor(buffer.actions[:, envs, 0]))
         th.testing.assert_close(batch.returns, th.as_tensor(buffer.returns[:, envs]))
         th.testing.assert_close(batch.episode_starts, th.as_tensor(buffer.episode_starts[:, envs]))
-        for stored, rows in zip(buffer.initial_state.pi, batch.initial_state.pi):
+        for stored, rows in zip(buffer.initial_state.actor, batch.initial_state.actor):
             th.testing.assert_close(rows, stored[envs])
 
 
 def test_first_epoch_recomputes_the_collected_log_probs_and_values():
     """Rollouts of 10 steps over 12-step episodes: trajectories start mid-episode from the stored state and contain
     resets; replaying them in one core call must reproduce what step-by-step collection computed."""
-    model = RecurrentPPO(FWMPolicy, graph_env(5), n_steps=10, batch_size=None, policy_kwargs=SMALL_FWM, seed=0,
+    model = RecurrentPPO(CorePolicy, graph_env(5), n_steps=10, batch_size=None, policy_kwargs=SMALL_FWM, seed=0,
                          device="cpu")
     callback = start_learning(model)
     for _ in range(3):
         model.collect_rollouts(model.env, callback, model.rollout_buffer, model.n_steps)
         batch = next(model.rollout_buffer.get(None))
         with th.no_grad():
-            values, log_prob, _ = model.policy.evaluate_sequences(
+            values, log_prob, _ = model.policy.evaluate_actions(
                 batch.observations, batch.actions, batch.initial_state, batch.episode_starts
             )
         th.testing.assert_close(log_prob, batch.old_log_prob, atol=1e-5, rtol=1e-5)
@@ -116,10 +130,10 @@ def test_recurrent_a2c_equals_ppo_with_one_epoch_one_batch_and_no_clipping():
     common = dict(n_steps=10, gamma=0.9, gae_lambda=1.0, ent_coef=0.01, vf_coef=0.25, max_grad_norm=0.5,
                   learning_rate=0.05, normalize_advantage=False, seed=4, device="cpu",
                   policy_kwargs={**SMALL_FWM, "optimizer_class": th.optim.SGD})
-    a2c = RecurrentA2C(FWMPolicy, graph_env(6, seed=2), **common)
+    a2c = RecurrentA2C(CorePolicy, graph_env(6, seed=2), **common)
     initial = a2c.policy.parameters_to_vector().copy()
     a2c.learn(3 * 60)
-    ppo = RecurrentPPO(FWMPolicy, graph_env(6, seed=2), n_epochs=1, batch_size=None, clip_range=0.2, **common)
+    ppo = RecurrentPPO(CorePolicy, graph_env(6, seed=2), n_epochs=1, batch_size=None, clip_range=0.2, **common)
     np.testing.assert_array_equal(initial, ppo.policy.parameters_to_vector())
     ppo.learn(3 * 60)
     moved = np.abs(a2c.policy.parameters_to_vector() - initial).max()
@@ -153,15 +167,65 @@ def test_save_load_predict_identical_and_training_continues(algo, tmp_path):
     model.learn(96)
     model.save(tmp_path / "model")
     data, params, _ = load_from_zip_file(tmp_path / "model")
-    assert "_last_lstm_states" not in data and "rollout_buffer" not in data
+    assert "_last_core_states" not in data and "rollout_buffer" not in data
     loaded = algo.load(tmp_path / "model", env=graph_env(4, seed=1), device="cpu")
     state_b = assert_same_predictions(model, loaded, graph_env(4, seed=3), steps=15)
-    h, c, F = loaded.policy.unpack_state(state_b)
-    assert F.shape == (4, 4, 4, 4) and F.abs().sum() > 0
+    h, c, F = state_b
+    assert F.shape == (4, 4, 4, 4) and np.abs(F).sum() > 0
     before = loaded.policy.parameters_to_vector().copy()
     loaded.learn(48, reset_num_timesteps=False)
     assert loaded.num_timesteps == 96 + 48
     assert not np.allclose(before, loaded.policy.parameters_to_vector())
+
+
+def rng_states():
+    return th.get_rng_state(), np.random.get_state(), random.getstate()
+
+
+def set_rng_states(states) -> None:
+    th.set_rng_state(states[0])
+    np.random.set_state(states[1])
+    random.setstate(states[2])
+
+
+@pytest.mark.parametrize("algo", [RecurrentPPO, RecurrentA2C])
+def test_save_plus_runtime_state_continues_learning_bit_identically(algo, tmp_path):
+    """Rollouts of 10 steps over 12-step episodes, so the run is stopped mid-episode with a non-zero F."""
+    model = algo("MlpFwmPolicy", graph_env(4), n_steps=10, policy_kwargs=SMALL_FWM, seed=0, device="cpu")
+    model.learn(80)
+    model.save(tmp_path / "model")
+    saved = pickle.dumps((model.get_runtime_state(), model.get_env(), rng_states()))
+    assert any(s.abs().sum() > 0 for s in model.get_runtime_state()["last_states"].actor)
+    model.learn(80, reset_num_timesteps=False)
+
+    def resumed(with_runtime_state: bool):
+        runtime, env, rngs = pickle.loads(saved)
+        loaded = algo.load(tmp_path / "model", device="cpu")
+        if with_runtime_state:
+            loaded.set_runtime_state(runtime)
+        loaded.set_env(env, force_reset=False)
+        set_rng_states(rngs)
+        return loaded.learn(80, reset_num_timesteps=False)
+
+    exact = resumed(with_runtime_state=True)
+    assert exact.num_timesteps == model.num_timesteps == 160
+    np.testing.assert_array_equal(exact.policy.parameters_to_vector(), model.policy.parameters_to_vector())
+    for ours, theirs in zip(exact.get_runtime_state()["last_states"].actor, model.get_runtime_state()["last_states"].actor):
+        assert th.equal(ours, theirs)
+    without = resumed(with_runtime_state=False)  # zero recurrent state: the control that makes the check mean something
+    assert not np.array_equal(without.policy.parameters_to_vector(), model.policy.parameters_to_vector())
+
+
+def test_runtime_state_is_a_copy_and_set_rejects_other_keys():
+    model = RecurrentPPO("MlpFwmPolicy", graph_env(2), n_steps=10, policy_kwargs=SMALL_FWM, seed=0, device="cpu")
+    model.learn(20)
+    state = model.get_runtime_state()
+    model.learn(20, reset_num_timesteps=False)
+    assert state["num_timesteps"] == 20 and model.num_timesteps == 40
+    with pytest.raises(ValueError, match=r"runtime state lacks \['n_updates'\] and has unknown keys \['extra'\]"):
+        model.set_runtime_state({**{k: v for k, v in state.items() if k != "n_updates"}, "extra": 1})
+    model.set_runtime_state(state)
+    assert model.num_timesteps == 20
 
 
 def test_env_id_and_policy_alias_strings_just_work():
@@ -205,8 +269,10 @@ def test_batch_size_must_hold_whole_trajectories():
 
 
 def test_sb3_contrib_policies_are_rejected_with_a_pointer():
-    with pytest.raises(ValueError, match="needs an FWMPolicy"):
+    with pytest.raises(ValueError, match="needs a CorePolicy"):
         RecurrentPPO(sb3_contrib.ppo_recurrent.MlpLstmPolicy, graph_env(2), n_steps=4, batch_size=8, device="cpu")
+    with pytest.raises(ValueError, match="takes a CorePolicy .* SB3ContribCorePolicy is the adapter for sb3_contrib"):
+        RecurrentPPO(FWMPolicy, graph_env(2), n_steps=4, batch_size=8, policy_kwargs=SMALL_FWM, device="cpu")
 
 
 # ------------------------------------------------------------------ learning a memory task
@@ -240,24 +306,25 @@ class CueRecallEnv(gym.Env):
         return self._obs(), reward, query, False, {}
 
 
-LEARN_BUDGET_S = 60.0
+CHUNK = 32 * 12 * 10  # env steps between evaluations
 
 
 @pytest.mark.parametrize(
-    "algo, kwargs",
-    [
-        (RecurrentPPO, dict(n_steps=12, batch_size=12 * 8, n_epochs=4, learning_rate=3e-3)),
-        (RecurrentA2C, dict(n_steps=12, learning_rate=3e-3, use_rms_prop=False, ent_coef=0.01)),
+    "algo, kwargs, critic, max_chunks",
+    [  # at seed 0: PPO reaches 0.8 after 1 chunk, A2C (joint critic, the paper's agent) after 19
+        (RecurrentPPO, dict(n_steps=12, batch_size=12 * 8, n_epochs=4, learning_rate=3e-3), "shared", 5),
+        (RecurrentA2C, dict(n_steps=12, learning_rate=3e-3, use_rms_prop=False, ent_coef=0.01), "joint", 40),
     ],
     ids=["ppo", "a2c"],
 )
-def test_fwm_agent_learns_cue_recall_clearly_above_random(algo, kwargs):
+def test_fwm_agent_learns_cue_recall_clearly_above_random(algo, kwargs, critic, max_chunks):
+    """A step budget, not a time budget: the outcome does not depend on the machine's load."""
     env = sb3_make_vec_env(CueRecallEnv, n_envs=32, seed=0)
-    policy_kwargs = dict(core="fwm", hidden_size=32, core_kwargs=dict(memory_size=8, preset="rl"), net_arch=[32])
+    policy_kwargs = dict(core="fwm", hidden_size=32, core_kwargs=dict(memory_size=8, preset="rl"), net_arch=[32],
+                         critic=critic)
     model = algo("MlpFwmPolicy", env, gamma=0.9, policy_kwargs=policy_kwargs, seed=0, device="cpu", **kwargs)
-    start = time.perf_counter()
-    while time.perf_counter() - start < LEARN_BUDGET_S:
-        model.learn(32 * 12 * 10, reset_num_timesteps=False)
+    for _ in range(max_chunks):
+        model.learn(CHUNK, reset_num_timesteps=False)
         mean, _ = evaluate_policy(model, sb3_make_vec_env(CueRecallEnv, n_envs=16, seed=1), n_eval_episodes=96)
         if mean >= 0.8:
             break

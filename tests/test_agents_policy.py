@@ -1,5 +1,6 @@
-"""FWMPolicy: state packing, the native sequence API against a step-by-step reference, and the unmodified
-sb3-contrib RecurrentPPO driving it (learn, save/load, predict, evaluate_policy, EvalCallback, SubprocVecEnv)."""
+"""CorePolicy's sequence API against a step-by-step reference; the sb3-contrib adapter (FWMPolicy): state packing,
+equality with CorePolicy, and the unmodified sb3-contrib RecurrentPPO driving it (learn, save/load, predict,
+evaluate_policy, EvalCallback, SubprocVecEnv)."""
 from __future__ import annotations
 
 import gymnasium as gym
@@ -8,7 +9,6 @@ import pytest
 import sb3_contrib
 import torch as th
 from gymnasium import spaces
-from sb3_contrib.common.recurrent.type_aliases import RNNStates
 from stable_baselines3.common.callbacks import EvalCallback
 from stable_baselines3.common.env_util import make_vec_env as sb3_make_vec_env
 from stable_baselines3.common.evaluation import evaluate_policy
@@ -16,8 +16,11 @@ from stable_baselines3.common.vec_env import SubprocVecEnv
 
 from fwm_rl import build_core
 from fwm_rl.agents import (
+    ActorCriticStates,
+    CorePolicy,
     FWMPolicy,
     LSTMPolicy,
+    MultiInputCorePolicy,
     MultiInputFWMPolicy,
     PackedStateLayout,
     RecurrentPPO,
@@ -34,13 +37,13 @@ def graph_env(n_envs: int = 4, seed: int = 0):
     return make_vec_env("FWM/GraphNav-v0", n_envs, seed=seed, **GRAPH)
 
 
-def make_policy(env, **kwargs) -> FWMPolicy:
-    return FWMPolicy(env.observation_space, env.action_space, lambda _: 1e-3, **{**SMALL_FWM, **kwargs})
+def make_policy(env, policy_class: type[CorePolicy] = CorePolicy, **kwargs) -> CorePolicy:
+    return policy_class(env.observation_space, env.action_space, lambda _: 1e-3, **{**SMALL_FWM, **kwargs})
 
 
-def random_states(policy: FWMPolicy, n: int) -> RNNStates:
+def random_states(policy: CorePolicy, n: int) -> ActorCriticStates:
     states = policy.initial_state(n)
-    return RNNStates(tuple(th.randn_like(s) for s in states.pi), tuple(th.randn_like(s) for s in states.vf))
+    return ActorCriticStates(*(tuple(th.randn_like(s) for s in part) for part in states))
 
 
 def rollout_tensors(env, T: int, B: int, seed: int = 0):
@@ -80,7 +83,7 @@ def test_lstm_core_packs_exactly_like_nn_lstm_state():
 
 def test_unpack_rejects_states_of_the_wrong_width():
     layout = PackedStateLayout(build_core("lstm", 5, 6).state_spec, 5)
-    with pytest.raises(ValueError, match=r"two tensors \[1, B, 6\]"):
+    with pytest.raises(ValueError, match=r"two arrays \[1, B, 6\]"):
         layout.unpack((th.zeros(1, 2, 5), th.zeros(1, 2, 5)))
 
 
@@ -90,7 +93,7 @@ def test_unpack_rejects_states_of_the_wrong_width():
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        (dict(core="gru"), "unknown core 'gru'"),
+        (dict(core="transformer"), "unknown core 'transformer'"),
         (dict(critic="both"), "unknown critic 'both'"),
         (dict(hidden_size=0), "hidden_size must be a positive integer"),
         (dict(hidden_size=-4), "hidden_size must be a positive integer"),
@@ -101,9 +104,9 @@ def test_unpack_rejects_states_of_the_wrong_width():
 )
 def test_bad_policy_kwargs_fail_at_construction(kwargs, message):
     env = graph_env(2)
-    for algo in (sb3_contrib.RecurrentPPO, RecurrentPPO):
+    for algo, policy in ((sb3_contrib.RecurrentPPO, FWMPolicy), (RecurrentPPO, CorePolicy)):
         with pytest.raises(ValueError, match=message):
-            algo(FWMPolicy, env, n_steps=4, batch_size=8, policy_kwargs={**SMALL_FWM, **kwargs}, device="cpu")
+            algo(policy, env, n_steps=4, batch_size=8, policy_kwargs={**SMALL_FWM, **kwargs}, device="cpu")
 
 
 def test_critic_modes_build_the_modules_they_need():
@@ -113,8 +116,8 @@ def test_critic_modes_build_the_modules_they_need():
     assert shared.critic_core is None and shared.critic_encoder is None
     assert joint.critic_core is None and joint.critic_encoder is None
     assert none.critic_core is None and none.critic_encoder is not None
-    assert len(separate.initial_state(3).vf) == 3
-    assert shared.initial_state(3).vf == joint.initial_state(3).vf == none.initial_state(3).vf == ()
+    assert len(separate.initial_state(3).critic) == 3
+    assert shared.initial_state(3).critic == joint.initial_state(3).critic == none.initial_state(3).critic == ()
 
 
 @pytest.mark.parametrize("critic, trains_core", [("shared", False), ("joint", True)])
@@ -122,7 +125,7 @@ def test_value_loss_trains_the_actor_core_only_when_joint(critic, trains_core):
     env = graph_env(2)
     policy = make_policy(env, critic=critic)
     obs, actions, starts = rollout_tensors(env, T=5, B=3)
-    values, _, _ = policy.evaluate_sequences(obs, actions, policy.initial_state(3), starts)
+    values, _, _ = policy.evaluate_actions(obs, actions, policy.initial_state(3), starts)
     values.pow(2).mean().backward()
     core_grad = sum(p.grad.abs().sum() for p in policy.actor_core.parameters() if p.grad is not None)
     assert (core_grad > 0) == trains_core
@@ -131,7 +134,7 @@ def test_value_loss_trains_the_actor_core_only_when_joint(critic, trains_core):
 # ------------------------------------------------------------------ native API vs an independent reference
 
 
-def reference_evaluate(policy: FWMPolicy, obs, actions, states: RNNStates, starts):
+def reference_evaluate(policy: CorePolicy, obs, actions, states: ActorCriticStates, starts):
     """One core step at a time, rows zeroed by hand (no episode_starts reach the core), heads applied by hand."""
     T, B = starts.shape
 
@@ -161,50 +164,56 @@ def reference_evaluate(policy: FWMPolicy, obs, actions, states: RNNStates, start
 
 
 @pytest.mark.parametrize("critic", CRITICS)
-def test_evaluate_sequences_matches_step_by_step_reference_with_resets(critic):
+def test_evaluate_actions_matches_step_by_step_reference_with_resets(critic):
     env = graph_env(2)
     th.manual_seed(0)
     policy = make_policy(env, critic=critic)
     obs, actions, starts = rollout_tensors(env, T=9, B=5)
     states = random_states(policy, 5)
     with th.no_grad():
-        got = policy.evaluate_sequences(obs, actions, states, starts)
+        got = policy.evaluate_actions(obs, actions, states, starts)
         want = reference_evaluate(policy, obs, actions, states, starts)
     for g, w in zip(got, want):
         th.testing.assert_close(g, w, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("critic", CRITICS)
-def test_sb3_contrib_api_on_packed_env_major_batches_equals_native_api(critic):
+def test_adapter_on_packed_env_major_batches_equals_core_policy(critic):
+    """The adapter, seeded alike, builds CorePolicy's parameters, and its sb3-contrib methods (flat env-major batches,
+    packed states) give what CorePolicy's give on the same time-major data."""
     env = graph_env(2)
     th.manual_seed(1)
-    policy = make_policy(env, critic=critic)
+    native = make_policy(env, critic=critic)
+    th.manual_seed(1)
+    adapter = make_policy(env, FWMPolicy, critic=critic)
+    for a, b in zip(native.state_dict().values(), adapter.state_dict().values(), strict=True):
+        assert th.equal(a, b)
     T, B = 6, 4
     obs, actions, starts = rollout_tensors(env, T, B, seed=1)
-    states = random_states(policy, B)
-    packed = policy._pack_states(states, B)
+    states = random_states(native, B)
+    packed = adapter._pack_states(states, B)
 
     def env_major(x):  # [T, B, ...] -> sb3-contrib's flat [B * T, ...]
         return x.transpose(0, 1).reshape(B * T, *x.shape[2:])
 
     with th.no_grad():
-        values, log_prob, entropy = policy.evaluate_actions(
+        values, log_prob, entropy = adapter.evaluate_actions(
             env_major(obs), env_major(actions), packed, env_major(starts)
         )
-        want = policy.evaluate_sequences(obs, actions, states, starts)
+        want = native.evaluate_actions(obs, actions, states, starts)
         th.testing.assert_close(values.squeeze(-1), env_major(want[0]))
         th.testing.assert_close(log_prob, env_major(want[1]))
         th.testing.assert_close(entropy, env_major(want[2]))
         th.testing.assert_close(
-            policy.predict_values(env_major(obs), packed.vf, env_major(starts)).squeeze(-1), env_major(want[0])
+            adapter.predict_values(env_major(obs), packed.vf, env_major(starts)).squeeze(-1), env_major(want[0])
         )
         th.manual_seed(2)
-        _, step_values, step_log_prob, step_states = policy(obs[0], packed, starts[0])
+        _, step_values, step_log_prob, step_states = adapter(obs[0], packed, starts[0])
         th.manual_seed(2)
-        _, native_values, native_log_prob, native_states = policy.forward_sequences(obs[:1], states, starts[:1])
+        _, native_values, native_log_prob, native_states = native(obs[:1], states, starts[:1])
     th.testing.assert_close(step_values.squeeze(-1), native_values[0])
     th.testing.assert_close(step_log_prob, native_log_prob[0])
-    for got, want_state in zip(policy.unpack_state(step_states.pi), native_states.pi):
+    for got, want_state in zip(adapter.unpack_state(step_states.pi), native_states.actor, strict=True):
         th.testing.assert_close(got, want_state)
 
 
@@ -255,11 +264,12 @@ def test_stock_recurrent_ppo_runs_with_subproc_vec_env():
         env.close()
 
 
-def test_policy_level_save_load_keeps_core_and_critic(tmp_path):
+@pytest.mark.parametrize("policy_class", [CorePolicy, FWMPolicy])
+def test_policy_level_save_load_keeps_core_and_critic(policy_class, tmp_path):
     env = graph_env(2)
-    policy = make_policy(env, core="lstm", hidden_size=12, critic="none", core_kwargs={})
+    policy = make_policy(env, policy_class, core="lstm", hidden_size=12, critic="none", core_kwargs={})
     policy.save(tmp_path / "policy.pth")
-    loaded = FWMPolicy.load(tmp_path / "policy.pth", device="cpu")
+    loaded = policy_class.load(tmp_path / "policy.pth", device="cpu")
     assert (loaded.core_kind, loaded.hidden_size, loaded.critic_mode) == ("lstm", 12, "none")
     for a, b in zip(policy.state_dict().values(), loaded.state_dict().values()):
         assert th.equal(a, b)
@@ -271,7 +281,7 @@ def test_policy_level_save_load_keeps_core_and_critic(tmp_path):
 def test_lstm_policy_defaults_to_an_lstm_of_sb3_contrib_size():
     env = graph_env(2)
     policy = LSTMPolicy(env.observation_space, env.action_space, lambda _: 1e-3)
-    assert policy.core_kind == "lstm" and policy.hidden_size == 256 and policy.lstm_actor.hidden_size == 256
+    assert policy.core_kind == "lstm" and policy.hidden_size == 256 and policy.actor_core.hidden_size == 256
 
 
 def dict_obs_env(seed: int = 0):
@@ -285,11 +295,69 @@ def dict_obs_env(seed: int = 0):
     return sb3_make_vec_env(make, n_envs=2, seed=seed)
 
 
-@pytest.mark.parametrize("algo", [sb3_contrib.RecurrentPPO, RecurrentPPO])
-def test_multi_input_policy_handles_dict_observations(algo, tmp_path):
-    model = algo(MultiInputFWMPolicy, dict_obs_env(), n_steps=12, batch_size=24, n_epochs=1,
+@pytest.mark.parametrize(
+    "algo, policy", [(sb3_contrib.RecurrentPPO, MultiInputFWMPolicy), (RecurrentPPO, MultiInputCorePolicy)]
+)
+def test_multi_input_policy_handles_dict_observations(algo, policy, tmp_path):
+    model = algo(policy, dict_obs_env(), n_steps=12, batch_size=24, n_epochs=1,
                  policy_kwargs=SMALL_FWM, seed=0, device="cpu")
     model.learn(48)
     model.save(tmp_path / "model")
     loaded = algo.load(tmp_path / "model", env=dict_obs_env(), device="cpu")
     assert_same_predictions(model, loaded, dict_obs_env(seed=2))
+
+
+# ------------------------------------------------------------------ predict: bad inputs are one-line ValueErrors
+
+
+def one_env_state(policy) -> tuple[np.ndarray, ...]:
+    """A valid state for one env, in the policy's format (the core's tuple, or the adapter's packed pair)."""
+    _, state = policy.predict(np.zeros((1, *policy.observation_space.shape), np.float32))
+    return state
+
+
+PACKED_GARBAGE = r"packed state must be two arrays \[1, B, \d+\] \(the state predict returned\), got "
+NATIVE_GARBAGE = r"state must be the \(h, c, F\) tuple that predict returned, shapes \[\(3, 16\), \(3, 16\), "
+BAD_PREDICT_INPUTS = {  # id: (state, episode_start, NaN observation entry, message)
+    "state-of-1-env-for-3-obs": (one_env_state, None, None, r"state holds \[1\] env row\(s\) but the observation "
+                                 r"holds 3: pass the state predict returned for these 3 envs, or state=None"),
+    "short-episode-start": (None, np.ones(2, bool), None, r"episode_start must hold one flag per observation, "
+                            r"shape \(3,\), got bool of shape \(2,\)"),
+    "episode-start-of-wrong-rank": (None, np.ones((3, 1), bool), None, r"episode_start must hold one flag per "),
+    "garbage-state": (("garbage",), None, None, "GARBAGE"),
+    "state-not-a-tuple": (np.zeros(3), None, None, "GARBAGE"),
+    "state-of-nones": ((None, None, None), None, None, "GARBAGE"),
+    "nan-observation": (None, None, (1, 0), r"the observation holds NaN \(rows \[1\]\); check the environment"),
+}
+
+
+@pytest.mark.parametrize("algo, policy_class", [(RecurrentPPO, CorePolicy), (sb3_contrib.RecurrentPPO, FWMPolicy)],
+                         ids=["core-policy", "sb3-contrib-adapter"])
+@pytest.mark.parametrize("case", list(BAD_PREDICT_INPUTS))
+def test_predict_rejects_bad_inputs_with_one_line_value_error(algo, policy_class, case):
+    state, episode_start, nan_at, message = BAD_PREDICT_INPUTS[case]
+    if message == "GARBAGE":
+        message = PACKED_GARBAGE if policy_class is FWMPolicy else NATIVE_GARBAGE
+    env = graph_env(3)
+    model = algo(policy_class, env, n_steps=4, batch_size=12, policy_kwargs=SMALL_FWM, device="cpu")
+    obs = env.reset()
+    if nan_at is not None:
+        obs[nan_at] = np.nan
+    if callable(state):
+        state = state(model.policy)
+    with pytest.raises(ValueError, match=message) as error:
+        model.predict(obs, state=state, episode_start=episode_start)
+    assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("algo, policy_class", [(RecurrentPPO, CorePolicy), (sb3_contrib.RecurrentPPO, FWMPolicy)],
+                         ids=["core-policy", "sb3-contrib-adapter"])
+def test_predict_state_round_trips_and_a_single_observation_works(algo, policy_class):
+    env = graph_env(3)
+    model = algo(policy_class, env, n_steps=4, batch_size=12, policy_kwargs=SMALL_FWM, device="cpu")
+    obs = env.reset()
+    actions, state = model.predict(obs, episode_start=np.ones(3, bool))
+    actions, state = model.predict(obs, state=state, episode_start=np.zeros(3, bool))
+    assert actions.shape == (3,)
+    single, single_state = model.predict(obs[0])
+    assert np.shape(single) == () and all(s.shape[-2 if policy_class is FWMPolicy else 0] == 1 for s in single_state)

@@ -1,13 +1,17 @@
 """``python -m fwm_rl.zoo``: rl-zoo3's train/enjoy with our algorithms, and sb3-contrib's ppo_lstm with our policy."""
 from __future__ import annotations
 
+import importlib.util
 import sys
 
 import pytest
+import torch as th
+import yaml
 
-pytest.importorskip("rl_zoo3")
+from fwm_rl.agents import paper_a2c_kwargs
+from fwm_rl.agents.zoo import HYPERPARAMS_DIR, ZOO_ALGOS, main, zoo_arguments
 
-from fwm_rl.agents.zoo import HYPERPARAMS_DIR, ZOO_ALGOS, main, zoo_arguments  # noqa: E402
+needs_zoo = pytest.mark.skipif(importlib.util.find_spec("rl_zoo3") is None, reason="needs rl_zoo3 (the [zoo] extra)")
 
 FAST = ["-n", "120", "--eval-freq", "-1", "--seed", "0", "-params", "n_envs:2", "batch_size:60"]
 
@@ -23,6 +27,7 @@ def test_our_algorithms_get_the_shipped_hyperparameters_unless_a_config_is_given
         assert (HYPERPARAMS_DIR / f"{algo}.yml").is_file()
 
 
+@needs_zoo
 def test_zoo_trains_and_enjoys_our_recurrent_ppo(tmp_path, monkeypatch):
     monkeypatch.setattr(sys, "argv", list(sys.argv))
     main(["train", "--algo", "fwm_ppo", "--env", "FWM/GraphNav-v0", "-f", str(tmp_path), *FAST])
@@ -32,11 +37,22 @@ def test_zoo_trains_and_enjoys_our_recurrent_ppo(tmp_path, monkeypatch):
           "--no-render", "-n", "40"])
 
 
+@needs_zoo
 def test_zoo_trains_sb3_contrib_ppo_lstm_with_our_policy(tmp_path, monkeypatch):
     monkeypatch.setattr(sys, "argv", list(sys.argv))
     main(["train", "--algo", "ppo_lstm", "--env", "FWM/GraphNav-v0", "-f", str(tmp_path),
           "-conf", str(HYPERPARAMS_DIR / "ppo_lstm.yml"), *FAST])
     assert (tmp_path / "ppo_lstm" / "FWM-GraphNav-v0_1" / "FWM-GraphNav-v0.zip").is_file()
+
+
+def test_zoo_a2c_hyperparameters_are_the_papers_from_paper_a2c_kwargs():
+    """fwm_a2c.yml is paper_a2c_kwargs() as rl-zoo3 reads it (policy_kwargs is evaluated with th and nn in scope),
+    plus the zoo's own n_envs, n_timesteps and policy."""
+    (settings,) = yaml.safe_load((HYPERPARAMS_DIR / "fwm_a2c.yml").read_text()).values()
+    settings = dict(settings)
+    assert {settings.pop(key) for key in ("n_envs", "n_timesteps", "policy")} == {64, 2e6, "MlpFwmPolicy"}
+    settings["policy_kwargs"] = eval(settings["policy_kwargs"], {"th": th, "nn": th.nn})
+    assert settings == paper_a2c_kwargs()
 
 
 def test_unknown_command_prints_usage():

@@ -22,17 +22,20 @@ QUICK_OVERRIDES: dict[str, Any] = {"n_envs": 8, "total_timesteps": 8 * 30 * 3, "
 QUICK_TEST_EPISODES = 16
 
 
-def run_demo(out_dir: Path, quick: bool = False, minutes: Optional[float] = None) -> dict[str, Any]:
-    """Train, evaluate and plot; return the evaluation rows and the paths written."""
+def run_demo(out_dir: Path, quick: bool = False, minutes: Optional[float] = None, seed: int = 0) -> dict[str, Any]:
+    """Train (both agents with ``seed``), evaluate and plot; return the evaluation rows and the paths written."""
     start = time.monotonic()
     minutes = DEFAULT_MINUTES if minutes is None else minutes
+    print(f"== demo seed {seed}", flush=True)
     run_dirs = []
     for name, (config_name, share) in DEMO_RUNS.items():
         overrides = dict(QUICK_OVERRIDES) if quick else {"total_timesteps": 10**10, "time_budget": minutes * share}
         overrides["experiment"] = f"demo-{name}"
+        overrides["seed"] = seed
         config = make_config(overrides, source="demo", base=load_config(find_config(config_name)))
         budget = "a few steps" if quick else f"{config.time_budget:.1f} min"
-        print(f"== training {name} ({config_name}: {config.core} core, hidden {config.hidden_size}) for {budget}",
+        print(f"== training {name} ({config_name}: {config.core} core, hidden {config.hidden_size}, seed "
+              f"{config.seed}) for {budget}",
               flush=True)
         run_dirs.append(rl.train(config, run_dir=out_dir / name, overwrite=True, progress_bar=not quick).run_dir)
 

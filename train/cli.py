@@ -101,7 +101,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from fwm_rl.train import supervised
+    from fwm_rl.train import report, supervised, sweep
     from fwm_rl.train.config import add_config_arguments, shipped_configs
 
     parser = argparse.ArgumentParser(prog="fwm-rl", description="Fast Weight Memory agents for meta-RL: train, "
@@ -178,6 +178,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=_demo)
 
     supervised.add_parser(commands)
+    sweep.add_parser(commands, formatter_class=_HelpFormatter)
+    report.add_parser(commands, formatter_class=_HelpFormatter)
     return parser
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import textwrap
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
@@ -107,12 +108,15 @@ def _row_value(row: dict[str, Any], metric: str) -> Optional[float]:
     return None if value is None else float(value)
 
 
-def _evaluated_score(path: Path, name: str, metric: str) -> tuple[Optional[float], dict[str, float]]:
-    rows = json.loads(path.read_text()).get("rows", {})
+def _evaluated_score(path: Path, name: str, metric: str) -> tuple[Optional[float], dict[str, float], str]:
+    """(score, reference scores, "model.zip, 600 episodes") of one final evaluation file."""
+    report = json.loads(path.read_text())
+    rows = report.get("rows", {})
     agent_rows = [row for key, row in rows.items() if key not in REFERENCE_ROWS]
     row = rows.get(name, agent_rows[0] if len(agent_rows) == 1 else {})
     references = {key: _row_value(rows[key], metric) for key in REFERENCE_ROWS if key in rows}
-    return _row_value(row, metric), {key: value for key, value in references.items() if value is not None}
+    played = f"{Path(report.get('model', '?')).name}, {row.get('episodes', '?')} episodes"
+    return _row_value(row, metric), {key: value for key, value in references.items() if value is not None}, played
 
 
 def _logged_score(columns: dict[str, list[float]], split: str, metric: str) -> Optional[float]:
@@ -136,9 +140,11 @@ def final_scores(sweep_dir: Path, metric: str, splits: Optional[Sequence[str]] =
     for split in (splits if splits else evaluated + logged):
         by_agent: dict[str, dict[str, float]] = {}
         reference_values: dict[str, list[float]] = {key: [] for key in REFERENCE_ROWS}
+        played = set()
         for name, run in finished.items():
             if split in run.get("evaluations", {}):
-                value, references = _evaluated_score(Path(sweep_dir) / run["evaluations"][split], name, metric)
+                value, references, how = _evaluated_score(Path(sweep_dir) / run["evaluations"][split], name, metric)
+                played.add(how)
                 for key, reference in references.items():
                     reference_values[key].append(reference)
             else:
@@ -149,7 +155,8 @@ def final_scores(sweep_dir: Path, metric: str, splits: Optional[Sequence[str]] =
             if splits:
                 raise UserError(f"no finished run of {sweep_dir} has {metric!r} on split {split!r}")
             continue
-        source = ("final evaluation" if split in evaluated else f"last logged {split}/{metric} in metrics.csv")
+        source = (f"final evaluation: {'; '.join(sorted(played))}" if split in evaluated
+                  else f"last logged {split}/{metric} in metrics.csv")
         references = {key: float(np.mean(values)) for key, values in reference_values.items()
                       if values and len(values) == sum(map(len, by_agent.values()))}
         result.append(FinalScores(split, source, by_agent, references))
@@ -307,10 +314,10 @@ def add_parser(commands: Any, formatter_class: type = argparse.HelpFormatter) ->
     parser = commands.add_parser(
         "report", help="aggregate a sweep over seeds: mean, IQM, bootstrap CIs, P(improvement), curves",
         formatter_class=formatter_class,
-        description="Aggregate the finished runs of a `fwm-rl sweep` folder per agent (config) and split: mean and "
-                    "IQM of the final score with 95% stratified-bootstrap CIs, the probability that one agent beats "
-                    "another, learning curves as mean ± 95% CI over seeds (PNG) and a markdown table "
-                    "(report.md, report.json).",
+        description=textwrap.fill(
+            "Aggregate the finished runs of a `fwm-rl sweep` folder per agent (config) and split: mean and IQM of the "
+            "final score with 95% stratified-bootstrap CIs, the probability that one agent beats another, learning "
+            "curves as mean ± 95% CI over seeds (PNG) and a markdown table (report.md, report.json).", width=100),
         epilog="examples:\n  fwm-rl report runs/sweep\n  fwm-rl report runs/sweep --splits test val --out docs/results/sweep")
     parser.add_argument("sweep_dir", metavar="SWEEP_DIR", help="folder made by `fwm-rl sweep`")
     parser.add_argument("--out", type=Path, help="folder for report.md, report.json and the PNGs [default: "

@@ -22,6 +22,7 @@ import os
 import signal
 import subprocess
 import sys
+import textwrap
 import threading
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -221,8 +222,12 @@ def _do_run(sweep: Sweep, children: _Children, name: str) -> str:
         if code != 0:
             return _stopped(sweep, name, code, log_path, "training")
         sweep.update(name, trained=True, pid=None)
-    config = _read_run_config(sweep.folder / name)
-    selected_on = config.get("eval_split")
+    selected_on = _read_run_config(sweep.folder / name).get("eval_split")
+    if selected_on in sweep.settings["eval_splits"]:
+        from tqdm.auto import tqdm
+
+        tqdm.write(f"warning: {name} was evaluated on {selected_on} during training (eval_split: {selected_on}); "
+                   "select on val (--set eval_split=val) and keep test for the final evaluation", file=sys.stderr)
     if sweep.settings["best"] and selected_on in sweep.settings["eval_splits"]:
         sweep.update(name, state=FAILED, error=f"best_model.zip of {name} was chosen on {selected_on}; evaluating it "
                                                f"on {selected_on} would report a selected score (drop --best)")
@@ -420,11 +425,12 @@ def add_parser(commands: Any, formatter_class: type = argparse.HelpFormatter) ->
     parser = commands.add_parser(
         "sweep", help="train a grid of configs x seeds (resumable, several at once), evaluate each on test",
         formatter_class=formatter_class,
-        description="Train every config with seeds 0..N-1, each an ordinary run directory RUNS_DIR/NAME/CONFIG-seedS "
-                    "made by `fwm-rl train`, then play each final model once on the held-out split(s) with `fwm-rl "
-                    "evaluate`. The manifest RUNS_DIR/NAME/sweep.json records each run's state: rerunning the same "
-                    "command (or --resume) skips finished runs and continues the rest; more --config or --seeds "
-                    "extend the grid. Ctrl-C lets running runs save first. Aggregate with `fwm-rl report`.",
+        description=textwrap.fill(
+            "Train every config with seeds 0..N-1, each an ordinary run directory RUNS_DIR/NAME/CONFIG-seedS made by "
+            "`fwm-rl train`, then play each final model once on the held-out split(s) with `fwm-rl evaluate`. The "
+            "manifest RUNS_DIR/NAME/sweep.json records each run's state: rerunning the same command (or --resume) "
+            "skips finished runs and continues the rest; more --config or --seeds extend the grid. Ctrl-C lets "
+            "running runs save first. Aggregate with `fwm-rl report`.", width=100),
         epilog="examples:\n"
                "  fwm-rl sweep --config graphnav-fwm graphnav-lstm graphnav-gru --seeds 5 --time-budget 10 --jobs 2\n"
                "  fwm-rl sweep --resume runs/sweep\n"

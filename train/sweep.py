@@ -45,7 +45,10 @@ THREAD_ENV_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 SWEEP_OWNED_FIELDS = ("seed", "experiment", "runs_dir", "run_dir", "time_budget", "threads", "resume", "overwrite",
                       "progress_bar")
 # The settings a rerun must repeat: they change what a run computes or how it is scored.
-SETTINGS = ("time_budget", "overrides", "eval_splits", "eval_episodes", "best", "deterministic")
+SETTINGS = ("command", "time_budget", "overrides", "eval_splits", "eval_episodes", "best", "deterministic")
+# The fwm-rl commands a sweep can train with. ``supervised`` runs test their best-on-val model themselves (test/best_*
+# in metrics.csv), so they get no final evaluation.
+COMMANDS = ("train", "supervised")
 
 # Run states in the manifest. "done": trained and evaluated; a run in any other state is redone on a rerun.
 PENDING, TRAINING, EVALUATING, DONE, FAILED, INTERRUPTED = (
@@ -70,10 +73,10 @@ def read_manifest(sweep_dir: Path) -> dict[str, Any]:
     return manifest
 
 
-def resolve_config(config: str) -> tuple[str, str]:
-    """(agent name, what to pass to ``fwm-rl train --config``) of a shipped config name or a YAML path."""
+def resolve_config(config: str, shipped_names: bool = True) -> tuple[str, str]:
+    """(agent name, what to pass to ``--config``) of a YAML path or, with ``shipped_names``, a shipped config name."""
     path = Path(config)
-    if path.suffix in (".yaml", ".yml") or path.exists():
+    if path.suffix in (".yaml", ".yml") or path.exists() or not shipped_names:
         if not path.is_file():
             raise UserError(f"config file not found: {config}")
         return path.stem, str(path.resolve())
@@ -127,16 +130,17 @@ class Sweep:
     # Commands ----------------------------------------------------------------------------------------------------
 
     def train_command(self, name: str) -> list[str]:
-        """``fwm-rl train`` for a fresh run, or ``--resume`` where the run directory already has its config."""
-        run, run_dir = self.runs[name], self.folder / name
+        """``fwm-rl train`` (or ``supervised``) for a fresh run, or ``--resume`` where the run directory already has
+        its config."""
+        run, run_dir, command = self.runs[name], self.folder / name, self.settings["command"]
         common = ["--threads", str(self.threads), "--no-progress-bar"]
         if self.settings["time_budget"] is not None:
             common += ["--time-budget", str(self.settings["time_budget"])]
         if (run_dir / "config.yaml").exists():
-            return [*_fwm_rl(), "train", "--resume", str(run_dir), *common]
+            return [*_fwm_rl(), command, "--resume", str(run_dir), *common]
         overrides = [arg for key, values in self.settings["overrides"].items()
                      for arg in ("--" + key.replace("_", "-"), *values)]
-        return [*_fwm_rl(), "train", "--config", run["config"], "--seed", str(run["seed"]), "--experiment", name,
+        return [*_fwm_rl(), command, "--config", run["config"], "--seed", str(run["seed"]), "--experiment", name,
                 "--runs-dir", str(self.folder), *common, *overrides]
 
     def evaluate_command(self, name: str, split: str) -> list[str]:
@@ -275,7 +279,7 @@ def _merge_grid(manifest: dict[str, Any], configs: list[str], seeds: int) -> Non
     """Add the runs of ``configs`` x seeds 0..seeds-1 that the manifest does not hold yet."""
     agents: dict[str, str] = {}
     for config in configs:
-        agent, config_arg = resolve_config(config)
+        agent, config_arg = resolve_config(config, shipped_names=manifest["settings"]["command"] == "train")
         if agents.get(agent, config_arg) != config_arg:
             raise UserError(f"two configs are named {agent!r} ({agents[agent]} and {config_arg}); rename one file")
         agents[agent] = config_arg
@@ -300,8 +304,18 @@ def sweep_settings(args: argparse.Namespace) -> dict[str, Any]:
         raise UserError(f"--time-budget must be > 0 minutes, got {args.time_budget}")
     if args.eval_episodes is not None and args.eval_episodes < 1:
         raise UserError(f"--eval-episodes must be >= 1, got {args.eval_episodes}")
-    return {"time_budget": args.time_budget, "overrides": parse_overrides(args.set or []),
-            "eval_splits": list(dict.fromkeys(args.eval_splits)), "eval_episodes": args.eval_episodes,
+    eval_splits = list(dict.fromkeys(args.eval_splits))
+    if args.command == "supervised":
+        given = [flag for flag, value in (("--time-budget", args.time_budget),
+                                          ("--eval-splits", args.eval_splits != DEFAULT_EVAL_SPLITS),
+                                          ("--eval-episodes", args.eval_episodes), ("--best", args.best),
+                                          ("--deterministic", args.deterministic)) if value]
+        if given:
+            raise UserError(f"{', '.join(given)} apply to `train` runs; supervised runs stop after --set steps=N and "
+                            "test their best-on-val model themselves")
+        eval_splits = []
+    return {"command": args.command, "time_budget": args.time_budget, "overrides": parse_overrides(args.set or []),
+            "eval_splits": eval_splits, "eval_episodes": args.eval_episodes,
             "best": args.best, "deterministic": args.deterministic}
 
 
@@ -312,7 +326,8 @@ def run_sweep(args: argparse.Namespace) -> int:
     if args.jobs < 1:
         raise UserError(f"--jobs must be >= 1, got {args.jobs}")
     if args.resume is not None:
-        given = [flag for flag, value in (("--config", args.config), ("--seeds", args.seeds),
+        given = [flag for flag, value in (("--command", args.command != "train"),
+                                          ("--config", args.config), ("--seeds", args.seeds),
                                           ("--time-budget", args.time_budget), ("--set", args.set),
                                           ("--eval-splits", args.eval_splits != DEFAULT_EVAL_SPLITS),
                                           ("--eval-episodes", args.eval_episodes), ("--best", args.best),
@@ -435,6 +450,10 @@ def add_parser(commands: Any, formatter_class: type = argparse.HelpFormatter) ->
                "  fwm-rl sweep --config graphnav-fwm graphnav-lstm graphnav-gru --seeds 5 --time-budget 10 --jobs 2\n"
                "  fwm-rl sweep --resume runs/sweep\n"
                "  fwm-rl sweep --config gridmaze-fwm --seeds 3 --set n_envs=64 --set core_kwargs=memory_size=8")
+    parser.add_argument("--command", choices=COMMANDS, default="train",
+                        help="the fwm-rl command that trains each run: train (RL, then a final evaluation) or "
+                             "supervised (configs are YAML files; its runs test their best-on-val model) "
+                             "[default: train]")
     parser.add_argument("--config", nargs="+", metavar="NAME_OR_FILE", help="configs to train (shipped names or "
                                                                             "YAML files); each is one agent")
     parser.add_argument("--seeds", type=int, help="seeds per config: 0, 1, ..., SEEDS-1")

@@ -216,3 +216,38 @@ def test_statistics_against_brute_force_and_a_numpy_bootstrap():
     low, high = np.percentile(np.sort(draws, axis=1)[:, 1:6].mean(axis=1), [2.5, 97.5])
     interval = table["agents"]["a"]["iqm"]
     assert interval.low == pytest.approx(low, abs=0.05 * np.ptp(x)) and interval.high == pytest.approx(high, abs=0.05 * np.ptp(x))
+
+
+SUPERVISED_CONFIG = """task: art
+core: lstm
+hidden_size: 8
+steps: 20
+batch_size: 8
+eval_freq: 10
+eval_batch_size: 16
+train_size: 64
+val_size: 32
+test_size: 32
+data_dir: {data_dir}
+"""
+
+
+def test_supervised_sweep_reports_the_test_error_of_each_run(tmp_path, capsys):
+    code, out, _ = cli(["supervised", "--help"], capsys)
+    if "--experiment" not in out or "--config" not in out:
+        pytest.skip("needs the run layer's `fwm-rl supervised --config FILE --experiment NAME` (branch runlayer)")
+    (tmp_path / "art-lstm.yaml").write_text(SUPERVISED_CONFIG.format(data_dir=tmp_path / "data"))
+    code, _, err = cli(["sweep", "--command", "supervised", "--config", str(tmp_path / "art-lstm.yaml"), "--seeds", "2",
+                        "--jobs", "2", "--runs-dir", str(tmp_path), "--name", "art", "--no-progress-bar"], capsys)
+    assert code == 0, err
+    folder = tmp_path / "art"
+    assert [run["state"] for run in manifest(folder)["runs"].values()] == ["done", "done"]
+    code, out, _ = cli(["report", str(folder), "--metric", "best_error", "--lower-is-better", "--out",
+                        str(tmp_path / "report")], capsys)
+    assert code == 0
+    (table,) = json.loads((tmp_path / "report" / "report.json").read_text())["tables"]
+    assert table["split"] == "test" and table["source"] == "last logged test/best_error in metrics.csv"
+    errors = {name: json.loads((folder / name / "results.json").read_text())["test/best_error"]
+              for name in ("art-lstm-seed0", "art-lstm-seed1")}
+    assert table["agents"]["art-lstm"]["scores"] == pytest.approx(errors)
+    assert table["agents"]["art-lstm"]["mean"]["value"] == pytest.approx(np.mean(list(errors.values())))

@@ -10,7 +10,8 @@ A sweep folder RUNS_DIR/NAME holds::
     .sweep.lock                held while a sweep writes here, so a second sweep cannot
 
 Runs go through the command line only (never through ``fwm_rl.train``'s internals), so a sweep trains exactly what
-``fwm-rl train`` would. Rerunning the same command, or ``fwm-rl sweep --resume FOLDER``, skips finished runs,
+``fwm-rl train`` would (or ``fwm-rl supervised`` with ``--command supervised``: those runs test their best-on-val
+model themselves, so they get no final evaluation). Rerunning the same command, or ``fwm-rl sweep --resume FOLDER``, skips finished runs,
 continues killed, interrupted or failed ones with ``fwm-rl train --resume RUN_DIR`` and starts the rest; asking for
 more configs or seeds extends the grid. Ctrl-C asks every running run to save at its next update and exit.
 """

@@ -236,7 +236,7 @@ def markdown(sweep_dir: Path, tables: list[dict[str, Any]], metric: str, curve_f
     lines = [f"# Sweep report: {Path(sweep_dir).name}", "",
              f"{finished} of {total} runs finished. Metric: {metric}. Brackets: 95% percentile-bootstrap CI over the "
              f"runs of each agent (scipy.stats.bootstrap, {reps:,} resamples, seed {seed}); IQM: mean of the middle "
-             "50% of runs.", ""]
+             "50% of runs (25% trimmed from each end, none with fewer than 4 runs).", ""]
     for table in tables:
         lines += [f"## {table['split']} ({table['source']})", "",
                   "| agent | runs | mean [95% CI] | IQM [95% CI] | median | min | max |", "|---|---|---|---|---|---|---|"]

@@ -201,6 +201,19 @@ def test_report_refuses_a_sweep_with_no_finished_runs(killed_and_resumed, tmp_pa
     assert code == 1 and err.count("\n") == 1 and "is not a sweep folder" in err
 
 
+def test_report_names_runs_whose_final_score_is_undefined(killed_and_resumed, tmp_path):
+    folder = tmp_path / "copy"
+    shutil.copytree(killed_and_resumed[0], folder, ignore=shutil.ignore_patterns("checkpoints", "tb", "*.zip"))
+    path = folder / "evaluations" / "gridmaze-lstm-seed1" / "test.json"
+    report = json.loads(path.read_text())
+    report["rows"]["gridmaze-lstm-seed1"]["return_mean"] = None  # how `evaluate --json` writes a NaN
+    path.write_text(json.dumps(report))
+    result = write_report(folder, tmp_path / "report", splits=["test"], reps=100)
+    (table,) = result["tables"]
+    assert table["undefined"] == ["gridmaze-lstm-seed1"] and table["agents"]["gridmaze-lstm"]["runs"] == 1
+    assert "Left out, return undefined (NaN): gridmaze-lstm-seed1." in result["markdown"]
+
+
 def test_statistics_against_brute_force_and_a_numpy_bootstrap():
     rng = np.random.default_rng(0)
     x, y = rng.normal(1.0, 1.0, size=7), np.array([0.5, 1.5, 1.5, 2.0, -1.0])
@@ -211,7 +224,7 @@ def test_statistics_against_brute_force_and_a_numpy_bootstrap():
     scores = {"a": dict(zip("abcdefg", x)), "b": dict(zip("abcde", y))}
     from fwm_rl.train.report import FinalScores, aggregate
 
-    table = aggregate(FinalScores("test", "final evaluation", scores, {}), reps=20_000, seed=0)
+    table = aggregate(FinalScores("test", "final evaluation", scores, {}, []), reps=20_000, seed=0)
     draws = x[np.random.default_rng(1).integers(0, len(x), size=(20_000, len(x)))]
     low, high = np.percentile(np.sort(draws, axis=1)[:, 1:6].mean(axis=1), [2.5, 97.5])
     interval = table["agents"]["a"]["iqm"]

@@ -101,11 +101,15 @@ class FinalScores:
     source: str
     by_agent: dict[str, dict[str, float]]
     references: dict[str, float]  # random / oracle on the same episodes, where every evaluation has them
+    undefined: list[str]  # finished runs whose score is NaN (e.g. steps to a goal never reached): left out, named
 
 
 def _row_value(row: dict[str, Any], metric: str) -> Optional[float]:
-    value = row.get(metric, row.get(f"{metric}_mean"))
-    return None if value is None else float(value)
+    """``metric`` (or ``metric_mean``) of an evaluation row; None if absent, NaN if null (undefined)."""
+    for key in (metric, f"{metric}_mean"):
+        if key in row:
+            return math.nan if row[key] is None else float(row[key])
+    return None
 
 
 def _evaluated_score(path: Path, name: str, metric: str) -> tuple[Optional[float], dict[str, float], str]:
@@ -116,7 +120,8 @@ def _evaluated_score(path: Path, name: str, metric: str) -> tuple[Optional[float
     row = rows.get(name, agent_rows[0] if len(agent_rows) == 1 else {})
     references = {key: _row_value(rows[key], metric) for key in REFERENCE_ROWS if key in rows}
     played = f"{Path(report.get('model', '?')).name}, {row.get('episodes', '?')} episodes"
-    return _row_value(row, metric), {key: value for key, value in references.items() if value is not None}, played
+    finite = {key: value for key, value in references.items() if value is not None and math.isfinite(value)}
+    return _row_value(row, metric), finite, played
 
 
 def _logged_score(columns: dict[str, list[float]], split: str, metric: str) -> Optional[float]:
@@ -140,7 +145,7 @@ def final_scores(sweep_dir: Path, metric: str, splits: Optional[Sequence[str]] =
     for split in (splits if splits else evaluated + logged):
         by_agent: dict[str, dict[str, float]] = {}
         reference_values: dict[str, list[float]] = {key: [] for key in REFERENCE_ROWS}
-        played = set()
+        played, undefined = set(), []
         for name, run in finished.items():
             if split in run.get("evaluations", {}):
                 value, references, how = _evaluated_score(Path(sweep_dir) / run["evaluations"][split], name, metric)
@@ -149,7 +154,9 @@ def final_scores(sweep_dir: Path, metric: str, splits: Optional[Sequence[str]] =
                     reference_values[key].append(reference)
             else:
                 value = _logged_score(columns[name], split, metric)
-            if value is not None:
+            if value is not None and not math.isfinite(value):
+                undefined.append(name)
+            elif value is not None:
                 by_agent.setdefault(run["agent"], {})[name] = value
         if not by_agent:
             if splits:
@@ -159,7 +166,7 @@ def final_scores(sweep_dir: Path, metric: str, splits: Optional[Sequence[str]] =
                   else f"last logged {split}/{metric} in metrics.csv")
         references = {key: float(np.mean(values)) for key, values in reference_values.items()
                       if values and len(values) == sum(map(len, by_agent.values()))}
-        result.append(FinalScores(split, source, by_agent, references))
+        result.append(FinalScores(split, source, by_agent, references, undefined))
     if not result:
         raise UserError(f"no finished run of {sweep_dir} has a {metric!r} score (pick another --metric)")
     return result
@@ -178,7 +185,7 @@ def aggregate(scores: FinalScores, reps: int, seed: int, lower_is_better: bool =
     beats = {a: {b: bootstrap_interval((sign * values[a], sign * values[b]), probability_of_improvement, reps, seed)
                  for b in values if b != a} for a in values}
     return {"split": scores.split, "source": scores.source, "references": scores.references, "agents": agents,
-            "probability_of_improvement": beats}
+            "probability_of_improvement": beats, "undefined": scores.undefined}
 
 
 def learning_curves(sweep_dir: Path, runs_by_agent: dict[str, list[str]], split: str, metric: str, reps: int,
@@ -243,6 +250,8 @@ def markdown(sweep_dir: Path, tables: list[dict[str, Any]], metric: str, curve_f
         for agent, row in table["agents"].items():
             lines.append(f"| {agent} | {row['runs']} | {row['mean'].markdown(digits)} | {row['iqm'].markdown(digits)} "
                          f"| {row['median']:.{digits}f} | {row['min']:.{digits}f} | {row['max']:.{digits}f} |")
+        if table["undefined"]:
+            lines += ["", f"Left out, {metric} undefined (NaN): {', '.join(table['undefined'])}."]
         if table["references"]:
             lines += ["", "References on the same episodes: " + ", ".join(
                 f"{key} {value:.{digits}f}" for key, value in table["references"].items()) + "."]

@@ -154,11 +154,15 @@ def test_second_sweep_writer_is_refused(killed_and_resumed, capsys):
     (["--config", "gridmaze-mlp", "--seeds", "2", "--set", "seed=3"], "the sweep sets seed itself"),
     (["--config", "gridmaze-mlp", "--seeds", "2", "--set", "n_envs"], "--set expects KEY=VALUE"),
     (["--config", "gridmaze-mlp", "--seeds", "2", "--jobs", "0"], "--jobs must be >= 1"),
+    (["--config", "gridmaze-mlp", "--seeds", "2", "--command", "supervised"], "config file not found: gridmaze-mlp"),
+    (["--config", "a.yaml", "--seeds", "2", "--command", "supervised", "--time-budget", "5"],
+     "only `train` runs take --time-budget"),
+    (["--resume", "somewhere", "--seeds", "3"], "--resume continues a sweep with its own settings; drop --seeds"),
 ])
 def test_sweep_rejects_bad_input_with_one_line(tmp_path, capsys, argv, message):
     code, _, err = cli(["sweep", "--runs-dir", str(tmp_path), *argv], capsys)
     assert code == 1 and err.count("\n") == 1 and message in err
-    assert not (tmp_path / "sweep" / "sweep.json").exists()
+    assert not (tmp_path / "sweep").exists()
 
 
 def test_report_matches_a_bootstrap_computed_here(killed_and_resumed, tmp_path, capsys):

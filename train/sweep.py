@@ -300,20 +300,27 @@ def _check_settings(stored: dict[str, Any], given: dict[str, Any], folder: Path)
                             f"with its own settings (`fwm-rl sweep --resume {folder}`) or give another --name")
 
 
+TRAIN_ONLY_OPTIONS = ("--time-budget", "--eval-splits", "--eval-episodes", "--best", "--deterministic")
+OPTION_DEFAULTS = {"--command": "train", "--eval-splits": DEFAULT_EVAL_SPLITS, "--best": False, "--deterministic": False}
+
+
+def _given(args: argparse.Namespace, *options: str) -> list[str]:
+    """Those of ``options`` that the command line set to something other than their default."""
+    return [option for option in options
+            if getattr(args, option[2:].replace("-", "_")) not in (None, OPTION_DEFAULTS.get(option))]
+
+
 def sweep_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The SETTINGS of a new sweep from its command line (checked; configs are checked by ``_merge_grid``)."""
     if args.time_budget is not None and args.time_budget <= 0:
         raise UserError(f"--time-budget must be > 0 minutes, got {args.time_budget}")
     if args.eval_episodes is not None and args.eval_episodes < 1:
         raise UserError(f"--eval-episodes must be >= 1, got {args.eval_episodes}")
     eval_splits = list(dict.fromkeys(args.eval_splits))
     if args.command == "supervised":
-        given = [flag for flag, value in (("--time-budget", args.time_budget),
-                                          ("--eval-splits", args.eval_splits != DEFAULT_EVAL_SPLITS),
-                                          ("--eval-episodes", args.eval_episodes), ("--best", args.best),
-                                          ("--deterministic", args.deterministic)) if value]
-        if given:
-            raise UserError(f"{', '.join(given)} apply to `train` runs; supervised runs stop after --set steps=N and "
-                            "test their best-on-val model themselves")
+        if _given(args, *TRAIN_ONLY_OPTIONS):
+            raise UserError(f"only `train` runs take {', '.join(_given(args, *TRAIN_ONLY_OPTIONS))}; supervised runs "
+                            "stop after --set steps=N and test their best-on-val model themselves")
         eval_splits = []
     return {"command": args.command, "time_budget": args.time_budget, "overrides": parse_overrides(args.set or []),
             "eval_splits": eval_splits, "eval_episodes": args.eval_episodes,
@@ -327,22 +334,17 @@ def run_sweep(args: argparse.Namespace) -> int:
     if args.jobs < 1:
         raise UserError(f"--jobs must be >= 1, got {args.jobs}")
     if args.resume is not None:
-        given = [flag for flag, value in (("--command", args.command != "train"),
-                                          ("--config", args.config), ("--seeds", args.seeds),
-                                          ("--time-budget", args.time_budget), ("--set", args.set),
-                                          ("--eval-splits", args.eval_splits != DEFAULT_EVAL_SPLITS),
-                                          ("--eval-episodes", args.eval_episodes), ("--best", args.best),
-                                          ("--deterministic", args.deterministic)) if value]
+        given = _given(args, "--command", "--config", "--seeds", "--set", *TRAIN_ONLY_OPTIONS)
         if given:
             raise UserError(f"--resume continues a sweep with its own settings; drop {', '.join(given)}")
-        folder = Path(args.resume)
-        read_manifest(folder)
+        folder, settings = Path(args.resume), read_manifest(Path(args.resume))["settings"]
     else:
         if not args.config:
             raise UserError("give --config NAME [NAME ...] (or --resume SWEEP_DIR)")
         if args.seeds is None or args.seeds < 1:
             raise UserError(f"--seeds must be >= 1, got {args.seeds}")
-        folder = Path(args.runs_dir) / args.name
+        folder, settings = Path(args.runs_dir) / args.name, sweep_settings(args)
+        _merge_grid({"settings": settings, "runs": {}}, args.config, args.seeds)  # check the configs first
     folder = folder.resolve()
     folder.mkdir(parents=True, exist_ok=True)
     lock = FileLock(str(folder / LOCK_FILE), timeout=0)
@@ -353,12 +355,11 @@ def run_sweep(args: argparse.Namespace) -> int:
     try:
         if (folder / MANIFEST_FILE).exists():
             manifest = read_manifest(folder)
-            if args.resume is None:
-                _check_settings(manifest["settings"], sweep_settings(args), folder)
+            _check_settings(manifest["settings"], settings, folder)
         elif {path.name for path in folder.iterdir()} - {LOCK_FILE}:
             raise UserError(f"{folder} exists and is not a sweep folder (no {MANIFEST_FILE}); give another --name")
         else:
-            manifest = {"format": MANIFEST_FORMAT, "settings": sweep_settings(args), "runs": {}}
+            manifest = {"format": MANIFEST_FORMAT, "settings": settings, "runs": {}}
         if args.resume is None:
             _merge_grid(manifest, args.config, args.seeds)
         sweep = Sweep(folder, manifest, threads=max(1, _cores() // args.jobs))

@@ -8,6 +8,7 @@
 """
 from fwm_rl.agents.a2c import RecurrentA2C, paper_a2c_kwargs
 from fwm_rl.agents.buffers import TrajectoryBatch, TrajectoryDictRolloutBuffer, TrajectoryRolloutBuffer
+from fwm_rl.agents.checks import NonFiniteError
 from fwm_rl.agents.policies import CRITIC_MODES, FWMPolicy, LSTMPolicy, MultiInputFWMPolicy, MultiInputLSTMPolicy
 from fwm_rl.agents.ppo import RecurrentPPO
 from fwm_rl.agents.state import PackedStateLayout
@@ -18,6 +19,7 @@ __all__ = [
     "LSTMPolicy",
     "MultiInputFWMPolicy",
     "MultiInputLSTMPolicy",
+    "NonFiniteError",
     "PackedStateLayout",
     "RecurrentA2C",
     "RecurrentPPO",

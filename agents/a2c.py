@@ -5,12 +5,14 @@ A2C is PPO with one epoch over one full batch and no clipping (the ratio is 1): 
 """
 from __future__ import annotations
 
+import math
 from typing import Any, Optional, TypeVar, Union
 
 import torch as th
 from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, Schedule
 from torch.nn import functional as F
 
+from fwm_rl.agents.checks import check_in_range
 from fwm_rl.agents.policies import FWMPolicy
 from fwm_rl.agents.ppo import RecurrentPPO
 
@@ -92,6 +94,7 @@ class RecurrentA2C(RecurrentPPO):
         device: Union[th.device, str] = "auto",
         _init_setup_model: bool = True,
     ) -> None:
+        check_in_range(type(self).__name__, "rms_prop_eps", rms_prop_eps, 0.0, math.inf, low_open=True)
         super().__init__(
             policy,
             env,

@@ -8,12 +8,14 @@ env-trajectories ``[n_steps, B_mb]`` run through the core in one call, and a bat
 """
 from __future__ import annotations
 
+import copy
 from typing import Any, ClassVar, Optional, TypeVar, Union
 
 import numpy as np
 import torch as th
 from gymnasium import spaces
 from sb3_contrib import RecurrentPPO as SB3ContribRecurrentPPO
+from sb3_contrib.common.recurrent.type_aliases import RNNStates
 from stable_baselines3.common.buffers import RolloutBuffer
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.policies import BasePolicy
@@ -24,8 +26,23 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from fwm_rl.agents.buffers import TrajectoryBatch, TrajectoryDictRolloutBuffer, TrajectoryRolloutBuffer
+from fwm_rl.agents.checks import check_finite, check_on_policy_hyperparameters
 from fwm_rl.agents.policies import FWMPolicy, LSTMPolicy, MultiInputFWMPolicy, MultiInputLSTMPolicy
 from fwm_rl.agents.state import select_rows
+
+# get_runtime_state() key -> attribute read by learn() / collect_rollouts()
+RUNTIME_STATE = {
+    "last_obs": "_last_obs",
+    "last_original_obs": "_last_original_obs",
+    "last_episode_starts": "_last_episode_starts",
+    "last_states": "_last_lstm_states",
+    "ep_info_buffer": "ep_info_buffer",
+    "ep_success_buffer": "ep_success_buffer",
+    "num_timesteps": "num_timesteps",
+    "n_updates": "_n_updates",
+    "episode_num": "_episode_num",
+    "current_progress_remaining": "_current_progress_remaining",
+}
 
 SelfRecurrentPPO = TypeVar("SelfRecurrentPPO", bound="RecurrentPPO")
 
@@ -88,6 +105,11 @@ class RecurrentPPO(SB3ContribRecurrentPPO):
         device: Union[th.device, str] = "auto",
         _init_setup_model: bool = True,
     ) -> None:
+        check_on_policy_hyperparameters(
+            type(self).__name__, learning_rate=learning_rate, n_steps=n_steps, gamma=gamma, gae_lambda=gae_lambda,
+            ent_coef=ent_coef, vf_coef=vf_coef, max_grad_norm=max_grad_norm, batch_size=batch_size,
+            n_epochs=n_epochs, clip_range=clip_range, clip_range_vf=clip_range_vf, target_kl=target_kl,
+        )
         super().__init__(
             policy,
             env,
@@ -258,10 +280,34 @@ class RecurrentPPO(SB3ContribRecurrentPPO):
         return values, log_prob, entropy_loss
 
     def _gradient_step(self, loss: Tensor) -> None:
+        """One optimizer step on ``loss``; :class:`NonFiniteError` (before the step) if the loss or the gradient norm
+        is not finite, so the parameters stay those of the last good step."""
+        check_finite("loss", loss.detach(), self._n_updates, self.num_timesteps)
         self.policy.optimizer.zero_grad()
         loss.backward()
-        th.nn.utils.clip_grad_norm_(self.policy.parameters(), self.max_grad_norm)
+        grad_norm = th.nn.utils.clip_grad_norm_(self.policy.parameters(), self.max_grad_norm)
+        check_finite("grad_norm", grad_norm, self._n_updates, self.num_timesteps)
         self.policy.optimizer.step()
+
+    def get_runtime_state(self) -> dict[str, Any]:
+        """What the next ``learn(..., reset_num_timesteps=False)`` reads beyond what ``save()`` stores: the last
+        observation, episode starts and recurrent states, the episode-info buffers and the counters (a picklable
+        copy; pair it with the env, whose state is the env's own)."""
+        return copy.deepcopy({name: getattr(self, attribute) for name, attribute in RUNTIME_STATE.items()})
+
+    def set_runtime_state(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`get_runtime_state` returned (after ``load``), so that ``learn(...,
+        reset_num_timesteps=False)`` continues exactly where the saved run stopped."""
+        missing, unknown = sorted(set(RUNTIME_STATE) - set(state)), sorted(set(state) - set(RUNTIME_STATE))
+        if missing or unknown:
+            raise ValueError(f"{type(self).__name__}: runtime state lacks {missing} and has unknown keys {unknown}; "
+                             f"expected the keys {sorted(RUNTIME_STATE)} of get_runtime_state()")
+        state = copy.deepcopy(state)
+        states = state["last_states"]
+        if states is not None:
+            state["last_states"] = RNNStates(*(tuple(s.to(self.device) for s in part) for part in states))
+        for name, attribute in RUNTIME_STATE.items():
+            setattr(self, attribute, state[name])
 
     def _record_common(self) -> None:
         """Log the keys every on-policy algorithm logs after an update."""

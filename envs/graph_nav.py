@@ -24,9 +24,11 @@ Differences from the official code, all in the observation (the dynamics are the
 * The official code feeds the same time fraction (step / 30 before acting); here the observation after the k-th
   step carries k / episode_steps, i.e. the same value at the same decision point (0 at reset).
 
-Splits: "train" and "test" are the paper's fixed sets of 600 graphs (:func:`paper_graph_sets`); "procedural" draws
-a fresh graph per lifetime from the env's ``np_random`` and never returns a test graph. With ``layout_order=
-"sequential"`` env i of n gets graphs i, i+n, ... so 600 envs on "train" reproduce the paper's slot j -> graph j.
+Splits (:func:`~fwm_rl.envs.graphs.graph_sets`): "train" and "test" are the paper's fixed sets of 600 graphs; "val"
+is our frozen set of 600 graphs, none isomorphic to a train or test graph, for model selection; "procedural" draws a
+fresh graph per lifetime from the env's ``np_random`` and redraws any graph isomorphic to a val or test graph. No two
+of train, val and test share a graph up to node relabelling. With ``layout_order="sequential"`` env i of n gets
+graphs i, i+n, ... so 600 envs on "train" reproduce the paper's slot j -> graph j.
 """
 from __future__ import annotations
 
@@ -34,10 +36,10 @@ import numpy as np
 
 from fwm_rl.envs.core import BatchedCore, check_choice, check_int
 from fwm_rl.envs.env import CoreEnv, CoreVectorEnv
-from fwm_rl.envs.graphs import graph_id, paper_graph_sets, sample_graphs, shortest_paths
+from fwm_rl.envs.graphs import canonical_graph_ids, graph_id, graph_sets, paper_graph_sets, sample_graphs, shortest_paths
 from fwm_rl.envs.streams import draw_index, draw_other
 
-GRAPH_SPLITS = ("train", "test", "procedural")
+GRAPH_SPLITS = ("train", "val", "test", "procedural")
 GOAL_REWARD = 10.0
 NO_EDGE_PENALTY = 0.05
 
@@ -55,8 +57,11 @@ class GraphNavCore(BatchedCore):
         self.n_nodes = check_int("n_nodes", n_nodes, 3)
         self.n_actions = check_int("n_actions", n_actions, 3)  # fewer leaves the sampler no free (node, action)
         self.split = split
-        sets = paper_graph_sets(self.n_nodes, self.n_actions)
-        self.forbidden = frozenset(g.tobytes() for g in sets["test"])
+        sets = paper_graph_sets(self.n_nodes, self.n_actions) if split in ("train", "test") else graph_sets(
+            self.n_nodes, self.n_actions)
+        self.forbidden = frozenset()  # canonical ids of the held-out graphs, redrawn by "procedural"
+        if split == "procedural":
+            self.forbidden = frozenset(canonical_graph_ids(np.concatenate([sets["val"], sets["test"]])))
         self.bank = None if split == "procedural" else sets[split]
         if self.bank is not None:
             self.bank_tables = self._tables(self.bank)
@@ -147,7 +152,8 @@ class GraphNavCore(BatchedCore):
 
 
 class GraphNavEnv(CoreEnv):
-    """``FWM/GraphNav-v0`` (single env). Kwargs: split, n_nodes, n_actions, episode_steps, layout_order."""
+    """``FWM/GraphNav-v0`` (single env). Kwargs: split ("train", "val", "test", "procedural"), n_nodes, n_actions,
+    episode_steps, layout_order."""
 
     core_class = GraphNavCore
 

@@ -2,8 +2,9 @@
 
 A core maps a sequence ``x [T, B, input_size]`` and a state (a tuple of tensors, batch on dim 0 of each) to outputs
 ``y [T, B, output_size]`` and the state after the last step. ``episode_starts[t, b]`` resets row ``b`` to the initial
-state *before* step ``t`` is consumed (the Stable-Baselines3 convention). Every core's initial state is all zeros, so
-a reset is a multiplication by ``1 - episode_starts[t]``.
+state *before* step ``t`` is consumed (the Stable-Baselines3 convention). Every core's initial state is all zeros, and
+a reset is a select, never a multiply (``torch.where(episode_starts[t], 0, state)``), so a non-finite state cannot
+survive it: NaN·0 is NaN, a selected zero is zero.
 """
 from __future__ import annotations
 
@@ -29,8 +30,11 @@ def detach_state(state: State) -> State:
 
 
 def reset_state(state: State, starts: Tensor) -> State:
-    """Zero the rows of ``state`` where ``starts [B]`` is set."""
-    return tuple(s * (1.0 - starts.to(s.dtype)).view(-1, *([1] * (s.dim() - 1))) for s in state)
+    """Zero the rows of ``state`` where ``starts [B]`` (bool) is set, by selection, so NaN and Inf rows are cleared too.
+
+    The gradient into a reset row is exactly zero (not NaN·0).
+    """
+    return tuple(torch.where(starts.view(-1, *([1] * (s.dim() - 1))), s.new_zeros(()), s) for s in state)
 
 
 def reset_segments(episode_starts: Tensor) -> list[tuple[int, int]]:
@@ -123,18 +127,26 @@ def check_positive(kind: str, **sizes: int) -> None:
             raise ValueError(f"{kind}: {key} must be a positive integer, got {value!r}")
 
 
-def run_lstm(lstm: nn.LSTM, x: Tensor, h: Tensor, c: Tensor, episode_starts: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Run a one-layer ``nn.LSTM`` over ``x [T, B, D]`` with resets, one fused call per reset-free stretch.
+def run_rnn(rnn: nn.RNNBase, x: Tensor, state: State, episode_starts: Tensor) -> tuple[Tensor, State]:
+    """Run a one-layer, time-major ``nn.LSTM`` (state ``(h, c)``) or ``nn.GRU`` (state ``(h,)``) over ``x [T, B, D]``
+    with resets, one fused call per reset-free stretch.
 
-    ``h, c [B, H]`` (batch first, as in every core state). Returns ``y [T, B, H]``, ``h``, ``c``.
+    Every state tensor is ``[B, H]`` (batch first, as in every core state). Returns ``y [T, B, H]`` and the state.
     """
     outputs: list[Tensor] = []
     for t0, t1 in reset_segments(episode_starts):
-        h, c = reset_state((h, c), episode_starts[t0])
-        y, (h_n, c_n) = lstm(x[t0:t1], (h.unsqueeze(0), c.unsqueeze(0)))  # y [t1-t0, B, H]
-        h, c = h_n.squeeze(0), c_n.squeeze(0)
+        state = reset_state(state, episode_starts[t0])
+        hx = tuple(s.unsqueeze(0) for s in state)  # each [1, B, H]
+        y, hx_n = rnn(x[t0:t1], hx if isinstance(rnn, nn.LSTM) else hx[0])  # y [t1-t0, B, H]
+        state = tuple(s.squeeze(0) for s in (hx_n if isinstance(rnn, nn.LSTM) else (hx_n,)))
         outputs.append(y)
-    return torch.cat(outputs, dim=0), h, c
+    return torch.cat(outputs, dim=0), state
+
+
+def run_lstm(lstm: nn.LSTM, x: Tensor, h: Tensor, c: Tensor, episode_starts: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """:func:`run_rnn` for an ``nn.LSTM`` with ``h, c [B, H]``; returns ``y [T, B, H]``, ``h``, ``c``."""
+    y, (h, c) = run_rnn(lstm, x, (h, c), episode_starts)
+    return y, h, c
 
 
 def check_real(kind: str, name: str, value: float, low: float = -math.inf, high: float = math.inf) -> None:

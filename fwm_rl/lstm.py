@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from fwm_rl.core import MemoryCore, State, StateSpec, check_positive, run_lstm
+from fwm_rl.core import MemoryCore, State, StateSpec, check_positive, run_rnn
 
 
 class LSTMCore(MemoryCore):
@@ -19,5 +19,4 @@ class LSTMCore(MemoryCore):
         self.lstm = nn.LSTM(input_size, hidden_size)
 
     def _forward(self, x: Tensor, state: State, episode_starts: Tensor) -> tuple[Tensor, State]:
-        y, h, c = run_lstm(self.lstm, x, state[0], state[1], episode_starts)
-        return y, (h, c)
+        return run_rnn(self.lstm, x, state, episode_starts)

@@ -12,6 +12,7 @@ CORE_CLASSES: dict[str, str] = {
     "fwm": "fwm_rl.fwm:FWMCore",
     "fwlstm": "fwm_rl.fwlstm:FWLSTMCore",
     "fwrnn": "fwm_rl.fwrnn:FWRNNCore",
+    "gru": "fwm_rl.gru:GRUCore",
     "lnlstm": "fwm_rl.fwlstm:LNLSTMCore",
     "lstm": "fwm_rl.lstm:LSTMCore",
     "mlp": "fwm_rl.mlp:MLPCore",
@@ -39,7 +40,7 @@ def core_options(kind: str) -> dict[str, Any]:
 def build_core(kind: str, input_size: int, hidden_size: int, **options: Any) -> MemoryCore:
     """Build a memory core.
 
-    :param kind: one of ``CORE_CLASSES`` ("fwm", "fwlstm", "fwrnn", "lstm", "lnlstm")
+    :param kind: one of ``CORE_CLASSES`` ("fwm", "fwlstm", "fwrnn", "gru", "lnlstm", "lstm", "mlp")
     :param input_size: features per step of the input ``x [T, B, input_size]``
     :param hidden_size: size of the core's slow hidden state
     :param options: core-specific options (see each core's docstring); unknown names raise ``ValueError``

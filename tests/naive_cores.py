@@ -160,3 +160,48 @@ def naive_fwrnn(
             y[t, b] = h
             rows[b] = [h, A]
     return y, _stack_rows(rows)
+
+
+def naive_lstm(
+    core: torch.nn.Module, x: Tensor, state: tuple[Tensor, ...], episode_starts: Tensor
+) -> tuple[Tensor, tuple[Tensor, ...]]:
+    """The standard LSTM (Hochreiter & Schmidhuber 1997, with a forget gate), one row and one step at a time."""
+    p = _params(core)
+    T, B, _ = x.shape
+    rows = _rows(state)
+    y = torch.zeros(T, B, core.hidden_size, dtype=x.dtype)
+    for t in range(T):
+        for b in range(B):
+            h, c = rows[b]
+            if episode_starts[t, b]:
+                h, c = torch.zeros_like(h), torch.zeros_like(c)
+            h, c = lstm_step(p, x[t, b], h, c)
+            y[t, b] = h
+            rows[b] = [h, c]
+    return y, _stack_rows(rows)
+
+
+def naive_gru(
+    core: torch.nn.Module, x: Tensor, state: tuple[Tensor, ...], episode_starts: Tensor
+) -> tuple[Tensor, tuple[Tensor, ...]]:
+    """The GRU of Cho et al. (2014) in PyTorch's variant (reset gate applied after the recurrent matmul; gate order
+    r, z, n), one row and one step at a time."""
+    p = _params(core)
+    T, B, _ = x.shape
+    H = core.hidden_size
+    rows = _rows(state)
+    y = torch.zeros(T, B, H, dtype=x.dtype)
+    for t in range(T):
+        for b in range(B):
+            (h,) = rows[b]
+            if episode_starts[t, b]:
+                h = torch.zeros_like(h)
+            from_x = p["gru.weight_ih_l0"] @ x[t, b] + p["gru.bias_ih_l0"]
+            from_h = p["gru.weight_hh_l0"] @ h + p["gru.bias_hh_l0"]
+            r = sigmoid(from_x[:H] + from_h[:H])
+            z = sigmoid(from_x[H:2 * H] + from_h[H:2 * H])
+            n = torch.tanh(from_x[2 * H:] + r * from_h[2 * H:])
+            h = (1.0 - z) * n + z * h
+            y[t, b] = h
+            rows[b] = [h]
+    return y, _stack_rows(rows)

@@ -3,6 +3,8 @@ recurrence, A2C is PPO with one epoch/one batch, save/load/predict, SB3 logging,
 from __future__ import annotations
 
 import csv
+import pickle
+import random
 import time
 
 import gymnasium as gym
@@ -162,6 +164,56 @@ def test_save_load_predict_identical_and_training_continues(algo, tmp_path):
     loaded.learn(48, reset_num_timesteps=False)
     assert loaded.num_timesteps == 96 + 48
     assert not np.allclose(before, loaded.policy.parameters_to_vector())
+
+
+def rng_states():
+    return th.get_rng_state(), np.random.get_state(), random.getstate()
+
+
+def set_rng_states(states) -> None:
+    th.set_rng_state(states[0])
+    np.random.set_state(states[1])
+    random.setstate(states[2])
+
+
+@pytest.mark.parametrize("algo", [RecurrentPPO, RecurrentA2C])
+def test_save_plus_runtime_state_continues_learning_bit_identically(algo, tmp_path):
+    """Rollouts of 10 steps over 12-step episodes, so the run is stopped mid-episode with a non-zero F."""
+    model = algo("MlpFwmPolicy", graph_env(4), n_steps=10, policy_kwargs=SMALL_FWM, seed=0, device="cpu")
+    model.learn(80)
+    model.save(tmp_path / "model")
+    saved = pickle.dumps((model.get_runtime_state(), model.get_env(), rng_states()))
+    assert any(s.abs().sum() > 0 for s in model.get_runtime_state()["last_states"].pi)
+    model.learn(80, reset_num_timesteps=False)
+
+    def resumed(with_runtime_state: bool):
+        runtime, env, rngs = pickle.loads(saved)
+        loaded = algo.load(tmp_path / "model", device="cpu")
+        if with_runtime_state:
+            loaded.set_runtime_state(runtime)
+        loaded.set_env(env, force_reset=False)
+        set_rng_states(rngs)
+        return loaded.learn(80, reset_num_timesteps=False)
+
+    exact = resumed(with_runtime_state=True)
+    assert exact.num_timesteps == model.num_timesteps == 160
+    np.testing.assert_array_equal(exact.policy.parameters_to_vector(), model.policy.parameters_to_vector())
+    for ours, theirs in zip(exact.get_runtime_state()["last_states"].pi, model.get_runtime_state()["last_states"].pi):
+        assert th.equal(ours, theirs)
+    without = resumed(with_runtime_state=False)  # zero recurrent state: the control that makes the check mean something
+    assert not np.array_equal(without.policy.parameters_to_vector(), model.policy.parameters_to_vector())
+
+
+def test_runtime_state_is_a_copy_and_set_rejects_other_keys():
+    model = RecurrentPPO("MlpFwmPolicy", graph_env(2), n_steps=10, policy_kwargs=SMALL_FWM, seed=0, device="cpu")
+    model.learn(20)
+    state = model.get_runtime_state()
+    model.learn(20, reset_num_timesteps=False)
+    assert state["num_timesteps"] == 20 and model.num_timesteps == 40
+    with pytest.raises(ValueError, match=r"runtime state lacks \['n_updates'\] and has unknown keys \['extra'\]"):
+        model.set_runtime_state({**{k: v for k, v in state.items() if k != "n_updates"}, "extra": 1})
+    model.set_runtime_state(state)
+    assert model.num_timesteps == 20
 
 
 def test_env_id_and_policy_alias_strings_just_work():

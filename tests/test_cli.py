@@ -10,9 +10,10 @@ import yaml
 
 from fwm_rl.envs import EpisodeStats
 from fwm_rl.train.cli import build_parser, config_from_args, main
-from fwm_rl.train.config import TrainConfig, field_docs, load_config, shipped_configs
+from fwm_rl.train.config import TrainConfig, load_config, shipped_configs
 from fwm_rl.train.evaluate import episode_quotas, normalised_score, summarize, t_critical_95
 from fwm_rl.train.io import MetricsLog
+from fwm_rl.train.options import field_docs
 from fwm_rl.train.plots import pick_metric, plot_runs
 
 SUBCOMMANDS = ("train", "evaluate", "watch", "plot", "demo")
@@ -30,7 +31,7 @@ def test_train_help_shows_every_config_field_with_its_docstring_and_default(caps
     flat = " ".join(out.split())
     assert code == 0
     defaults = TrainConfig().to_dict()
-    for name, doc in field_docs().items():
+    for name, doc in field_docs(TrainConfig).items():
         assert f"--{name.replace('_', '-')}" in flat
         assert " ".join(doc.split()[:4]) in flat, name
         assert f"[default: {defaults[name]}]" in flat, name
@@ -80,12 +81,91 @@ def test_a_config_file_replaces_the_default_dicts(tmp_path):
     (["evaluate", "nowhere"], "no such run directory or model file"),
     (["watch", "nowhere", "--out", "x.png"], "--out must end in .gif"),
     (["plot", "nowhere"], "no metrics.csv"),
+    (["train", "--config", "."], "--config . is a directory"),
+    (["train", "--eval-split", "test"], "eval_split test would pick best_model.zip on the test set; use val"),
+    (["train", "--device", "tpu"], "device 'tpu' is not a torch device; use auto, cpu, cuda, cuda:N or mps"),
+    (["supervised", "--device", "tpu"], "device 'tpu' is not a torch device; use auto, cpu, cuda, cuda:N or mps"),
+    (["train", "--core", "transformer"], "unknown core 'transformer'; choose from "),
 ])
 def test_user_errors_are_one_line_and_a_nonzero_exit(argv, message, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     code, _, err = run_main(argv, capsys)
     assert code == 1
     assert err.count("\n") == 1 and err.startswith("fwm-rl: error: ") and message in err
+
+
+@pytest.mark.parametrize("command", ["train", "supervised"])
+def test_device_cuda_without_a_gpu_is_refused(command, capsys, tmp_path, monkeypatch):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run_main([command, "--device", "cuda"], capsys)
+    assert code == 1 and err.count("\n") == 1 and "asked for CUDA, which this machine does not have" in err
+    assert not any(tmp_path.iterdir())
+
+
+def test_core_choices_come_from_the_core_registry(capsys):
+    from fwm_rl import CORE_CLASSES
+
+    for command in ("train", "supervised"):
+        flat = " ".join(run_main([command, "--help"], capsys)[1].split())
+        assert f"Choices: {', '.join(sorted(CORE_CLASSES))}." in flat
+
+
+def test_train_and_supervised_share_the_names_of_shared_options(capsys):
+    shared = ["--config", "--resume", "--runs-dir", "--run-dir", "--overwrite", "--progress-bar", "--experiment",
+              "--seed", "--device", "--threads", "--core", "--hidden-size", "--core-kwargs", "--learning-rate",
+              "--max-grad-norm", "--batch-size", "--eval-freq", "--keep-checkpoints"]
+    for command in ("train", "supervised"):
+        out = run_main([command, "--help"], capsys)[1]
+        assert all(f"{flag} " in out or f"{flag}," in out for flag in shared), command
+
+
+def test_key_value_options_are_read_as_yaml_by_both_trainers():
+    from fwm_rl.train.options import values_from_args
+    from fwm_rl.train.supervised import SupervisedConfig
+
+    argv = ["--core-kwargs", "tanh_query=True", "memory_size=16", "eps=1e-4", "preset=rl"]
+    expected = {"tanh_query": True, "memory_size": 16, "eps": 1e-4, "preset": "rl"}
+    assert config_from_args(build_parser().parse_args(["train", *argv])).core_kwargs == expected
+    supervised = values_from_args(build_parser().parse_args(["supervised", *argv]), SupervisedConfig)
+    assert supervised["core_kwargs"] == expected
+
+
+def test_old_supervised_spellings_still_work_with_a_deprecation_warning(capsys):
+    from fwm_rl.train.options import values_from_args
+    from fwm_rl.train.supervised import SupervisedConfig
+
+    args = build_parser().parse_args(["supervised", "--core-options", "memory_size=8", "--lr", "3e-4",
+                                      "--grad-clip", "0.25", "--eval-every", "100"])
+    err = capsys.readouterr().err
+    assert values_from_args(args, SupervisedConfig) == {"core_kwargs": {"memory_size": 8}, "learning_rate": 3e-4,
+                                                        "max_grad_norm": 0.25, "eval_freq": 100}
+    for old, new in [("--core-options", "--core-kwargs"), ("--lr", "--learning-rate"),
+                     ("--grad-clip", "--max-grad-norm"), ("--eval-every", "--eval-freq")]:
+        assert f"fwm-rl: warning: {old} is deprecated and will be removed in the next release; use {new}" in err
+
+
+def test_an_old_supervised_config_json_loads_with_its_old_keys(tmp_path, capsys):
+    from fwm_rl.train.supervised import load_config
+
+    path = tmp_path / "config.json"
+    path.write_text('{"task": "mart", "lr": 0.01, "core_options": {"memory_size": 8}, "run_dir": "runs/x", '
+                    '"eval_every": 50}')
+    config = load_config(path)
+    assert (config.task, config.learning_rate, config.core_kwargs, config.eval_freq) == ("mart", 0.01,
+                                                                                          {"memory_size": 8}, 50)
+    assert capsys.readouterr().err.count("deprecated") == 4
+
+
+def test_plot_of_a_binary_metrics_file_is_one_line(tmp_path, capsys):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "metrics.csv").write_bytes(bytes(range(256)) * 4)
+    code, _, err = run_main(["plot", str(tmp_path / "run"), "--out", str(tmp_path / "x.png")], capsys)
+    assert code == 1 and err.count("\n") == 1 and "is not a readable metrics CSV" in err
+    assert not (tmp_path / "x.png").exists()
 
 
 def test_unknown_config_key_names_the_key_and_the_file(tmp_path, capsys):
@@ -156,3 +236,48 @@ def test_plot_names_the_missing_metric(tmp_path, capsys):
     code, _, err = run_main(["plot", str(tmp_path / "run"), "--metric", "accuracy", "--out",
                              str(tmp_path / "x.png")], capsys)
     assert code == 1 and "no run logs 'accuracy'" in err
+
+
+def test_the_worked_example_in_docs_runs(tmp_path, capsys, monkeypatch):
+    """docs/adding-a-trainer.md: a third trainer from one config dataclass and one training loop, started and
+    resumed through the run layer (the document's two Python blocks, executed as written)."""
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).parent.parent / "docs" / "adding-a-trainer.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
+    assert len(blocks) == 2
+    (tmp_path / "recall_example.py").write_text(blocks[0])  # a module file: --help reads the field docstrings
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import importlib
+
+    namespace = {**vars(importlib.import_module("recall_example")), "RUNS": str(tmp_path)}
+    exec(compile(blocks[1], "adding-a-trainer.md", "exec"), namespace)
+    run_dir = tmp_path / "recall"
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert config["steps"] == 150 and config["provenance"]["fwm_rl_version"]
+    rows = [line.split(",")[0] for line in (run_dir / "metrics.csv").read_text().splitlines()[1:]]
+    assert rows == ["50", "100", "150"]
+    assert namespace["resumed"].summary["train/accuracy"] > 0.5
+    # the same steps straight through give the same final parameters: the resume is exact
+    straight = namespace["main"](["--runs-dir", str(tmp_path / "straight"), "--steps", "150", "--no-progress-bar"])
+    from fwm_rl.train.rundir import RunDir
+
+    a = RunDir(run_dir).read_newest_checkpoint()[2]["model"]
+    b = RunDir(straight.run_dir).read_newest_checkpoint()[2]["model"]
+    assert all(torch_equal(a[key], b[key]) for key in a)
+    code, out, _ = run_main_callable(namespace["main"], ["--help"], capsys)
+    assert code == 0 and "Bits to remember." in " ".join(out.split()) and "--resume" in out
+
+
+def torch_equal(a, b) -> bool:
+    import torch
+
+    return torch.equal(a, b)
+
+
+def run_main_callable(function, argv, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        function(argv)
+    captured = capsys.readouterr()
+    return exit_info.value.code, captured.out, captured.err

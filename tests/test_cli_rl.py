@@ -52,7 +52,7 @@ def tiny_run(tmp_path_factory) -> Path:
     """An uninterrupted tiny run, every checkpoint kept."""
     run_dir = tmp_path_factory.mktemp("runs") / "tiny"
     result = rl.train(TrainConfig(**TINY), run_dir=run_dir, progress_bar=False, quiet=True)
-    assert result.stopped is None and result.num_timesteps == 400
+    assert result.stopped is None and result.step == 400
     return run_dir
 
 
@@ -63,7 +63,8 @@ def test_a_run_directory_holds_config_models_checkpoints_metrics_and_logs(tiny_r
     assert any((tiny_run / "tb").iterdir())
     assert [p.name for p in sorted((tiny_run / "checkpoints").glob("*.ckpt"))][-1] == "step_000000000400.ckpt"
     rows = metrics_without_timing(tiny_run)
-    assert [int(r["step"]) for r in rows if r["test/return"]] == [0, 80, 160, 240, 320, 400]
+    assert [int(r["step"]) for r in rows if r["val/return"]] == [0, 80, 160, 240, 320, 400]
+    assert not any(key.startswith("test/") for key in rows[0])  # selection on val: test is never played
     assert [int(r["step"]) for r in rows if r["train/return"]] == [120, 240, 360]  # 30-step episodes end there
 
 
@@ -74,7 +75,7 @@ def test_resuming_from_a_mid_episode_checkpoint_reproduces_the_uninterrupted_run
         checkpoint.unlink()
     (resumed / "model.zip").unlink()
     result = rl.resume(resumed, progress_bar=False, quiet=True)
-    assert result.num_timesteps == 400
+    assert result.step == 400
     assert_same_parameters(tiny_run / "model.zip", resumed / "model.zip")
     assert metrics_without_timing(resumed) == metrics_without_timing(tiny_run)
 
@@ -126,18 +127,9 @@ def test_vector_env_state_survives_the_checkpoint_pickle(env_id, env_kwargs):
 def test_time_budget_stops_at_an_update_boundary_with_model_and_checkpoint(tmp_path):
     config = TrainConfig(**{**TINY, "time_budget": 1e-6, "eval_split": None})
     result = rl.train(config, run_dir=tmp_path / "budget", progress_bar=False, quiet=True)
-    assert result.stopped == "time budget" and result.num_timesteps % 40 == 0 and result.num_timesteps < 400
+    assert result.stopped == "time budget" and result.step % 40 == 0 and result.step < 400
     assert (tmp_path / "budget" / "model.zip").exists()
-    assert (tmp_path / "budget" / "checkpoints" / f"step_{result.num_timesteps:012d}.ckpt").exists()
-
-
-def test_resume_refuses_a_corrupt_checkpoint_with_its_name(tiny_run, tmp_path):
-    broken = tmp_path / "broken"
-    shutil.copytree(tiny_run, broken)
-    latest = sorted((broken / "checkpoints").glob("*.ckpt"))[-1]
-    latest.write_bytes(latest.read_bytes()[:1000])
-    with pytest.raises(UserError, match=f"checkpoint {latest} is corrupt"):
-        rl.resume(broken, overrides={"total_timesteps": 800}, progress_bar=False, quiet=True)
+    assert (tmp_path / "budget" / "checkpoints" / f"step_{result.step:012d}.ckpt").exists()
 
 
 def test_resume_keeps_the_config_except_budget_fields(tiny_run):
@@ -205,3 +197,51 @@ def test_demo_quick_trains_fwm_and_lstm_evaluates_and_plots(tmp_path, capsys):
     assert result["curves"].read_bytes()[:4] == b"\x89PNG"
     out = capsys.readouterr().out
     assert "demo wall time" in out and "oracle" in out
+
+
+def test_train_without_eval_split_selects_on_val_and_never_plays_test(tmp_path, monkeypatch):
+    """Every env of a run (training, evaluation, the random/oracle references) is made through gymnasium; none of
+    them may be a test env, and best_model.zip comes from val evaluations."""
+    import gymnasium
+
+    splits = []
+    for name in ("make", "make_vec"):
+        real = getattr(gymnasium, name)
+
+        def spy(*args, _real=real, **kwargs):
+            splits.append(kwargs.get("split", "train"))
+            return _real(*args, **kwargs)
+
+        monkeypatch.setattr(gymnasium, name, spy)
+    config = {key: value for key, value in TINY.items() if key != "eval_split"}
+    result = rl.train(TrainConfig(**{**config, "total_timesteps": 80}), run_dir=tmp_path / "run", progress_bar=False,
+                      quiet=True)
+    assert result.step == 80 and (tmp_path / "run" / "best_model.zip").exists()
+    assert "test" not in splits and {"train", "val"} <= set(splits)
+    assert [key for key in metrics_without_timing(tmp_path / "run")[0] if key.startswith("val/")]
+
+
+@pytest.mark.parametrize("option, message", [(["--episodes", "0"], "--episodes must be >= 1, got 0"),
+                                             (["--n-envs", "0"], "--n-envs must be >= 1, got 0"),
+                                             (["--device", "tpu"], "--device: device 'tpu' is not a torch device")])
+def test_evaluate_refuses_zero_counts_and_unknown_devices(tiny_run, option, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["evaluate", str(tiny_run), *option])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 1 and len(err) == 1 and message in err[0]
+
+
+def test_evaluate_shows_a_progress_bar_of_episodes_and_env_steps(tiny_run, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["evaluate", str(tiny_run), "--episodes", "4", "--no-references"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 0 and "evaluating: 100%" in err and "4/4" in err and "env steps" in err
+
+
+def test_evaluate_writes_its_report_to_a_json_file(tiny_run, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["evaluate", str(tiny_run), "--episodes", "4", "--no-references", "--no-progress-bar", "--json-file",
+              str(tmp_path / "report.json")])
+    assert exit_info.value.code == 0
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["env_kwargs"]["split"] == "test" and report["rows"]["tiny"]["episodes"] == 4

@@ -118,7 +118,7 @@ def test_episode_recorder_scores_returns_first_goal_and_exploit_ratios_from_the_
 
 
 @pytest.mark.parametrize("env_id, kwargs, message", [
-    ("FWM/GraphNav-v0", {"split": "val"}, "unknown split 'val'; allowed: 'train', 'test', 'procedural'"),
+    ("FWM/GraphNav-v0", {"split": "dev"}, "unknown split 'dev'; allowed: 'train', 'val', 'test', 'procedural'"),
     ("FWM/GridMaze-v0", {"split": "dev"}, "unknown split 'dev'; allowed: 'train', 'val', 'test', 'test_large'"),
     ("FWM/GridMaze-v0", {"obs": "pixels"}, "unknown obs 'pixels'; allowed: 'view', 'position', 'both'"),
     ("FWM/GridMaze-v0", {"size": 1}, "size must be an integer >= 2"),

@@ -1,4 +1,7 @@
-"""FWM/GraphNav-v0: the paper's graphs, dynamics against a naive simulator, reference scores."""
+"""FWM/GraphNav-v0: the paper's graphs, the val split, dynamics against a naive simulator, reference scores."""
+import hashlib
+import itertools
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -6,7 +9,8 @@ from gymnasium.utils import seeding
 
 import fwm_rl.envs
 from fwm_rl.envs.graph_nav import GOAL_REWARD, NO_EDGE_PENALTY
-from fwm_rl.envs.graphs import graph_id, paper_graph_sets, shortest_paths
+from fwm_rl.envs.graphs import (VAL_DATA_SEED, PAPER_DATA_SEED, build_val, canonical_graph_ids, graph_id, graph_sets,
+                                paper_graph_sets, shortest_paths, val_path)
 
 
 def naive_official_sampler(rs: np.random.RandomState, n: int = 5, a: int = 3) -> np.ndarray:
@@ -120,16 +124,83 @@ def test_sequential_order_gives_env_j_train_graph_j_every_lifetime():
     assert [info["layout_id"] for info in vec.core.row_infos()] == train_ids
 
 
-def test_procedural_split_never_returns_a_test_graph_even_where_most_graphs_are_test_graphs():
-    test_ids = {graph_id(g) for g in paper_graph_sets(3, 3)["test"]}
-    venv = gym.make_vec("FWM/GraphNav-v0", num_envs=256, vectorization_mode="vector_entry_point",
-                        split="procedural", n_nodes=3, n_actions=3, episode_steps=1)
-    _, info = venv.reset(seed=0)
-    seen = set(info["layout_id"])
-    for _ in range(3):
-        _, _, _, _, info = venv.step(np.zeros(256, dtype=np.int64))
-        seen |= set(info["layout_id"])
-    assert seen and not seen & test_ids
+def relabel(succ: np.ndarray, perm: np.ndarray) -> np.ndarray:
+    """succ [n, a] with node i renamed perm[i]."""
+    out = np.empty_like(succ)
+    out[perm] = np.where(succ >= 0, perm[np.maximum(succ, 0)], -1)
+    return out
+
+
+def brute_force_form(succ: np.ndarray) -> bytes:
+    """The smallest successor table over all n! node relabellings."""
+    n = succ.shape[0]
+    return min(relabel(succ, np.array(p)).astype(np.int8).tobytes() for p in itertools.permutations(range(n)))
+
+
+@pytest.mark.parametrize("n_nodes", [3, 5])
+def test_canonical_graph_id_is_relabelling_invariant_and_agrees_with_a_brute_force_over_all_permutations(n_nodes):
+    graphs = paper_graph_sets(n_nodes, 3)["test"][:80].astype(np.int64)
+    ids = canonical_graph_ids(graphs)
+    rng = np.random.default_rng(n_nodes)
+    assert canonical_graph_ids(np.stack([relabel(g, rng.permutation(n_nodes)) for g in graphs])) == ids
+    forms = [brute_force_form(g) for g in graphs]
+    same_id = np.equal.outer(np.array(ids), np.array(ids))
+    same_form = np.array([[f == h for h in forms] for f in forms])
+    np.testing.assert_array_equal(same_id, same_form)
+    assert not same_form.all()
+
+
+def digest(graphs: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(graphs, dtype=np.int8).tobytes()).hexdigest()[:16]
+
+
+def test_paper_train_and_test_sets_stay_bit_identical():
+    """Digests of the official sets (RandomState(666), test first); the val split must not disturb them."""
+    sets = graph_sets()
+    assert (digest(sets["test"]), digest(sets["train"])) == ("42237a9eb779e110", "92dc8d611c8341a9")
+
+
+def test_val_split_is_the_shipped_frozen_set_disjoint_from_train_and_test_up_to_node_relabelling():
+    sets = graph_sets()
+    assert VAL_DATA_SEED != PAPER_DATA_SEED and val_path(5, 3).exists()
+    np.testing.assert_array_equal(sets["val"], build_val(5, 3))  # the file is what its own seed draws
+    assert sets["val"].shape == (600, 5, 3) and ((sets["val"] >= 0).sum((1, 2)) == 10).all()
+    assert (shortest_paths(sets["val"]) < 5).all()
+    classes = {name: set(canonical_graph_ids(graphs)) for name, graphs in sets.items()}
+    assert len(classes["val"]) == 600 and len(classes["test"]) == 600
+    assert not classes["val"] & classes["train"] and not classes["val"] & classes["test"]
+    assert not classes["train"] & classes["test"]
+
+
+def graphs_met(split: str, n_nodes: int = 5, n_actions: int = 3, n_envs: int = 256, lifetimes: int = 4) -> np.ndarray:
+    """Every graph that ``lifetimes`` resets of ``n_envs`` envs (random layout order) meet -> succ [M, n, a]."""
+    venv = gym.make_vec("FWM/GraphNav-v0", num_envs=n_envs, vectorization_mode="vector_entry_point", split=split,
+                        n_nodes=n_nodes, n_actions=n_actions, episode_steps=1)
+    venv.reset(seed=0)
+    met = [venv.unwrapped.core.succ.copy()]
+    for _ in range(lifetimes - 1):
+        venv.step(np.zeros(n_envs, dtype=np.int64))
+        met.append(venv.unwrapped.core.succ.copy())
+    return np.concatenate(met)
+
+
+def test_no_train_or_val_reset_produces_a_test_graph_and_no_train_reset_a_val_graph():
+    sets = graph_sets()
+    classes = {name: set(canonical_graph_ids(graphs)) for name, graphs in sets.items()}
+    for split, held_out in (("train", ("val", "test")), ("val", ("test",))):
+        met = graphs_met(split)
+        assert {graph_id(g) for g in met} <= {graph_id(g) for g in sets[split]}
+        seen = set(canonical_graph_ids(met))
+        assert len(seen) > 400
+        for name in held_out:
+            assert not seen & classes[name], (split, name)
+
+
+def test_procedural_split_never_returns_a_val_or_test_graph_even_where_most_graphs_are_test_graphs():
+    sets = graph_sets(3, 3)
+    held_out = set(canonical_graph_ids(np.concatenate([sets["val"], sets["test"]])))
+    seen = set(canonical_graph_ids(graphs_met("procedural", n_nodes=3)))
+    assert seen and not seen & held_out
 
 
 def test_options_change_graph_and_observation_sizes():

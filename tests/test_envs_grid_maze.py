@@ -79,16 +79,25 @@ def test_frozen_files_match_the_generator_and_hold_only_their_split(split, size,
     assert {split_of(lay.id) for lay in shipped} == {"test" if split in OOD_SPLITS else split}
 
 
-def test_no_train_reset_produces_a_val_or_test_layout():
-    held_out = {lay.id for cfg in standard_configs() for lay in split_layouts(*cfg)}
+def test_every_shipped_frozen_set_holds_only_ids_of_its_own_split():
+    ids = {cfg: {lay.id for lay in load_layouts(frozen_path(*cfg))} for cfg in standard_configs()}
+    for (split, _, _), found in ids.items():
+        assert {split_of(i) for i in found} == {"test" if split in OOD_SPLITS else split}
+    val = set().union(*(found for (split, _, _), found in ids.items() if split == "val"))
+    assert val and not val & set().union(*(found for (split, _, _), found in ids.items() if split != "val"))
+
+
+@pytest.mark.parametrize("split", ["train", "val"])
+def test_no_train_reset_produces_a_val_or_test_layout_and_no_val_reset_a_test_layout(split):
+    held_out = {lay.id for cfg in standard_configs() if cfg[0] != split for lay in split_layouts(*cfg)}
     venv = gym.make_vec("FWM/GridMaze-v0", num_envs=200, vectorization_mode="vector_entry_point", size=5,
-                        episode_steps=1)
+                        episode_steps=1, split=split)
     _, info = venv.reset(seed=0)
     seen = set(info["layout_id"])
     for _ in range(4):
         seen |= set(venv.step(np.zeros(200, dtype=np.int64))[4]["layout_id"])
-    assert len(seen) > 900
-    assert {split_of(i) for i in seen} == {"train"} and not seen & held_out
+    assert len(seen) > (900 if split == "train" else 90)
+    assert {split_of(i) for i in seen} == {split} and not seen & held_out
 
 
 MOVES = [(-1, 0), (0, 1), (1, 0), (0, -1)]

@@ -130,6 +130,16 @@ def test_babi_reader_names_the_file_and_line_of_a_problem(tmp_path):
         babi.read_babi_dir(tmp_path / "nope")
 
 
+def test_babi_reader_reports_a_question_without_its_tab_answer_as_such(tmp_path):
+    path = tmp_path / "qa1_train.txt"
+    path.write_text("1 Mary went to the kitchen.\n2 Where is Mary? kitchen 1\n")
+    with pytest.raises(UserError) as info:
+        babi.read_babi_file(path, 1)
+    message = str(info.value)
+    assert "qa1_train.txt, line 2" in message and "needs a TAB between the question and its answer" in message
+    assert "must end with '.'" not in message
+
+
 # catbAbI streams ---------------------------------------------------------------------------------------------------
 
 def make_catbabi(mode="qm", batch=3, seq_len=40, eval_batch=4):

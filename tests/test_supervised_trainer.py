@@ -8,19 +8,27 @@ import socket
 
 import pytest
 import torch
+import yaml
 import torch.multiprocessing as mp
 
-from fwm_rl.train import supervised
+from fwm_rl.train.cli import main
+from fwm_rl.train.rundir import RunDir
 from fwm_rl.train.supervised import SupervisedConfig, train
 from test_supervised_tasks import write_corpus
+
+
+def run_main(argv: list[str], capsys) -> tuple[int, str]:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["supervised", *argv])
+    return exit_info.value.code, capsys.readouterr().err
 
 ART_SMALL = dict(task="art", pairs=2, train_size=20_000, val_size=1000, test_size=1000, threads=1)
 
 
 def test_small_fw_lstm_learns_art_with_two_pairs(tmp_path):
-    cfg = SupervisedConfig(**ART_SMALL, core="fwlstm", hidden_size=64, lr=3e-3, batch_size=64, steps=300,
-                           eval_every=150, data_dir=str(tmp_path / "data"), run_dir=str(tmp_path / "run"))
-    results = train(cfg)
+    cfg = SupervisedConfig(**ART_SMALL, core="fwlstm", hidden_size=64, learning_rate=3e-3, batch_size=64, steps=300,
+                           eval_freq=150, data_dir=str(tmp_path / "data"))
+    results = train(cfg, run_dir=tmp_path / "run", progress_bar=False)
     assert results["test/best_acc"] > 0.9  # chance is ~0.1, the "guess a seen digit" plateau 0.5
 
 
@@ -33,16 +41,18 @@ def test_small_fw_lstm_learns_art_with_two_pairs(tmp_path):
     ],
     ids=["mart", "catbabi", "lm"],
 )
-def test_each_task_trains_from_the_command_line_and_writes_its_run_directory(tmp_path, args):
+def test_each_task_trains_from_the_command_line_and_writes_its_run_directory(tmp_path, args, capsys):
     task = args[1]
     write_corpus(tmp_path / "corpus")
     data = {"mart": ["--data-dir", str(tmp_path / "art")], "lm": ["--data-dir", str(tmp_path / "corpus")]}.get(task, [])
     run_dir = tmp_path / "run"
-    argv = [*args, *data, "--hidden-size", "16", "--steps", "6", "--eval-every", "3", "--run-dir", str(run_dir),
-            "--threads", "1", "--eval-test-periodically"]
-    assert supervised.main(argv) == 0
-    assert json.loads((run_dir / "config.json").read_text())["steps"] == 6
-    assert (run_dir / "checkpoints" / "best.pt").exists() and (run_dir / "checkpoints" / "last.pt").exists()
+    argv = [*args, *data, "--hidden-size", "16", "--steps", "6", "--eval-freq", "3", "--run-dir", str(run_dir),
+            "--threads", "1", "--eval-test-periodically", "--no-progress-bar"]
+    assert run_main(argv, capsys)[0] == 0
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert config["steps"] == 6 and config["batch_size"] is not None and config["provenance"]["fwm_rl_version"]
+    assert (run_dir / "best_model.pt").exists()
+    assert [p.name for p in RunDir(run_dir).checkpoints()] == ["step_000000000003.ckpt", "step_000000000006.ckpt"]
     rows = list(csv.DictReader((run_dir / "metrics.csv").open()))
     assert [r["step"] for r in rows] == ["3", "6", "6"]
     assert all(k == "step" or k.split("/")[0] in ("train", "val", "test") for k in rows[0])
@@ -58,14 +68,16 @@ def flat_parameters(model: torch.nn.Module) -> torch.Tensor:
     return torch.cat([p.detach().flatten() for p in model.parameters()])
 
 
-def test_resume_continues_exactly_where_the_run_stopped(tmp_path):
+def test_resume_continues_exactly_where_the_run_stopped(tmp_path, capsys):
     """Carried state, stream position and optimiser moments all survive: 3 + 3 steps equal 6 straight steps."""
     common = dict(task="catbabi", core="lstm", hidden_size=16, stories_per_task=10, seq_len=30, batch_size=4,
-                  eval_every=3, threads=1)
-    straight = train(SupervisedConfig(**common, steps=6, run_dir=str(tmp_path / "a")))
-    train(SupervisedConfig(**common, steps=3, run_dir=str(tmp_path / "b")))
-    assert supervised.main(["--resume", str(tmp_path / "b"), "--steps", "6"]) == 0
-    resumed = torch.load(tmp_path / "b" / "checkpoints" / "last.pt", weights_only=False)["model"]
+                  eval_freq=3, threads=1)
+    straight = train(SupervisedConfig(**common, steps=6), run_dir=tmp_path / "a", progress_bar=False)
+    train(SupervisedConfig(**common, steps=3), run_dir=tmp_path / "b", progress_bar=False)
+    assert run_main(["--resume", str(tmp_path / "b"), "--steps", "6", "--no-progress-bar"], capsys)[0] == 0
+    _, step, payload = RunDir(tmp_path / "b").read_newest_checkpoint()
+    resumed = payload["model"]
+    assert step == 6
     for name, value in straight["model"].state_dict().items():
         torch.testing.assert_close(resumed[name], value, rtol=0, atol=0)
 
@@ -75,18 +87,18 @@ def test_resume_continues_exactly_where_the_run_stopped(tmp_path):
     [
         (["--task", "lm"], "needs --data-dir"),
         (["--task", "lm", "--data-dir", "/no/such/dir"], "/no/such/dir does not exist"),
-        (["--core", "gru"], "unknown core 'gru'"),
+        (["--core", "transformer"], "unknown core 'transformer'"),
         (["--device", "cuda:0"], "CUDA"),
-        (["--task", "art", "--pairs", "27"], "--pairs must be in 1..26"),
-        (["--resume", "/no/such/run"], "not a run directory"),
+        (["--task", "art", "--pairs", "27"], "pairs must be in 1..26"),
+        (["--resume", "/no/such/run"], "is it a run directory?"),
     ],
 )
 def test_user_errors_print_one_line_and_exit_non_zero(argv, message, capsys):
     if message == "CUDA" and torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
-    assert supervised.main(argv) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("error: ") and message in err[0]
+    code, err = run_main(argv, capsys)
+    lines = err.strip().splitlines()
+    assert code == 1 and len(lines) == 1 and lines[0].startswith("fwm-rl: error: ") and message in lines[0]
 
 
 def _free_port() -> int:
@@ -98,17 +110,32 @@ def _free_port() -> int:
 def _ddp_worker(rank: int, port: int, cfg: dict, out: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2",
                       LOCAL_RANK=str(rank))
-    results = train(SupervisedConfig(**cfg))
+    run_dir = cfg.pop("run_dir")
+    results = train(SupervisedConfig(**cfg), run_dir=run_dir, progress_bar=False)
     torch.save(flat_parameters(results["model"]), f"{out}/rank{rank}.pt")
     torch.distributed.destroy_process_group()
 
 
 def test_two_data_parallel_ranks_stay_identical_and_match_one_process_with_the_global_batch(tmp_path):
-    cfg = dict(ART_SMALL, core="lstm", hidden_size=16, steps=5, eval_every=5, train_size=2000, val_size=100,
+    cfg = dict(ART_SMALL, core="lstm", hidden_size=16, steps=5, eval_freq=5, train_size=2000, val_size=100,
                test_size=100, data_dir=str(tmp_path / "data"))
     ddp_cfg = {**cfg, "batch_size": 8, "run_dir": str(tmp_path / "ddp")}
     mp.spawn(_ddp_worker, args=(_free_port(), ddp_cfg, str(tmp_path)), nprocs=2, join=True)
     rank0, rank1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
     assert torch.equal(rank0, rank1)
-    single = train(SupervisedConfig(**cfg, batch_size=16, run_dir=str(tmp_path / "single")))
+    single = train(SupervisedConfig(**cfg, batch_size=16), run_dir=tmp_path / "single", progress_bar=False)
     torch.testing.assert_close(flat_parameters(single["model"]), rank0, rtol=1e-5, atol=1e-6)
+
+
+def test_a_loss_that_goes_non_finite_stops_with_one_line_and_finite_checkpoints(tmp_path, capsys):
+    run_dir = tmp_path / "diverge"
+    code, err = run_main(["--task", "art", "--pairs", "2", "--train-size", "2000", "--val-size", "100",
+                          "--test-size", "100", "--data-dir", str(tmp_path / "data"), "--hidden-size", "8",
+                          "--steps", "20", "--eval-freq", "1", "--learning-rate", "1e30", "--threads", "1",
+                          "--run-dir", str(run_dir), "--no-progress-bar"], capsys)
+    lines = [line for line in err.strip().splitlines() if line.startswith("fwm-rl: ")]
+    checkpoints = RunDir(run_dir).checkpoints()
+    assert code == 1 and len(lines) == 1 and lines[0].startswith("fwm-rl: error: training stopped: non-finite loss")
+    assert f"last good checkpoint {checkpoints[-1]}" in lines[0] and "learning rate (1e+30)" in lines[0]
+    path, _, payload = RunDir(run_dir).read_newest_checkpoint()
+    assert path == checkpoints[-1] and all(bool(value.isfinite().all()) for value in payload["model"].values())

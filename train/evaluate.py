@@ -10,7 +10,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from fwm_rl.train.errors import UserError
-from fwm_rl.train.runs import find_model, heldout_env_kwargs, load_agent, make_env, seeded_rng
+from fwm_rl.train.runs import check_device_option, find_model, heldout_env_kwargs, load_agent, make_env, seeded_rng
 
 MAX_EVAL_ENVS = 1000
 _Z95 = 1.959963984540054
@@ -63,9 +63,13 @@ def episode_quotas(n_episodes: int, n_envs: int) -> np.ndarray:
     return np.array([n_episodes // n_envs + (i < n_episodes % n_envs) for i in range(n_envs)])
 
 
-def run_episodes(agent, vec_env, n_episodes: int, seed: int = 0, deterministic: bool = False) -> list[Any]:
+def run_episodes(agent, vec_env, n_episodes: int, seed: int = 0, deterministic: bool = False,
+                 progress: bool = False) -> list[Any]:
     """Play ``n_episodes`` episodes with ``agent.predict`` (recurrent state reset at every episode start) and
-    return their ``EpisodeStats`` in layout order. Global RNGs are left as they were."""
+    return their ``EpisodeStats`` in layout order; ``progress`` shows a bar of finished episodes and env steps on
+    stderr. Global RNGs are left as they were."""
+    from tqdm.auto import tqdm
+
     from fwm_rl.envs import EpisodeRecorder
 
     n_envs = vec_env.num_envs
@@ -77,14 +81,21 @@ def run_episodes(agent, vec_env, n_episodes: int, seed: int = 0, deterministic: 
         vec_env.seed(seed)
         obs = vec_env.reset()
         state, episode_starts = None, np.ones(n_envs, dtype=bool)
+        bar = tqdm(total=n_episodes, desc="evaluating", unit="episode", disable=not progress, dynamic_ncols=True)
+        steps = 0
         while (played < quotas).any():
             actions, state = agent.predict(obs, state=state, episode_start=episode_starts, deterministic=deterministic)
             obs, rewards, dones, infos = vec_env.step(actions)
+            steps += n_envs
             for env_index, stats in zip(np.flatnonzero(dones), recorder.update(rewards, dones, infos)):
                 if played[env_index] < quotas[env_index]:
                     finished.append((played[env_index], env_index, stats))
+                    bar.update(1)
                 played[env_index] += 1
+            bar.set_postfix_str(f"{steps:,} env steps", refresh=False)
+            bar.update(0)  # redraws at most every mininterval, also while no episode has ended yet
             episode_starts = dones
+        bar.close()
     return [stats for _, _, stats in sorted(finished, key=lambda item: item[:2])]
 
 
@@ -104,28 +115,32 @@ def add_scores(rows: dict[str, dict], reference_rows: dict[str, dict]) -> None:
         row["score"] = normalised_score(row["return_mean"], low, high)
 
 
-def evaluate(path: str | Path, split: Optional[str] = None, episodes: Optional[int] = None,
+def evaluate(path: str | Path, split: str = "test", episodes: Optional[int] = None,
              layouts: Optional[list[str]] = None, n_envs: Optional[int] = None, seed: int = 0,
              deterministic: bool = False, best: bool = False, with_references: bool = True,
-             device: str = "auto") -> dict[str, Any]:
+             device: str = "auto", progress: bool = False) -> dict[str, Any]:
     """Evaluate the model of a run directory (or a model file inside one) on a held-out split or on layout files.
 
     Returns ``{"env_id", "env_kwargs", "model", "rows": {name: summary (+ score)}}`` with rows for the agent and,
-    unless ``with_references`` is off, the random and oracle references on the same layouts.
+    unless ``with_references`` is off, the random and oracle references on the same layouts. ``progress`` shows a
+    bar of the agent's episodes (and env steps) on stderr.
     """
+    check_device_option(device)
     model_path, config = find_model(path, best=best)
     if config is None:
         raise UserError(f"no config.yaml beside {model_path}: evaluate a run directory made by `fwm-rl train`")
-    split = split or config.eval_split or "test"
-    episodes = episodes or config.eval_episodes
+    episodes = config.eval_episodes if episodes is None else episodes
     if episodes < 1:
         raise UserError(f"--episodes must be >= 1, got {episodes}")
+    if n_envs is not None and n_envs < 1:
+        raise UserError(f"--n-envs must be >= 1, got {n_envs}")
     n_envs = min(n_envs or episodes, episodes, MAX_EVAL_ENVS)
     env_kwargs = heldout_env_kwargs(config.env_kwargs, split=split, layouts=layouts)
     agent = load_agent(model_path, config.algo, device=device)
     vec_env = make_env(config.env_id, n_envs, seed=seed, **env_kwargs)
     try:
-        rows = {config.experiment: summarize(run_episodes(agent, vec_env, episodes, seed, deterministic))}
+        rows = {config.experiment: summarize(run_episodes(agent, vec_env, episodes, seed, deterministic,
+                                                          progress=progress))}
     finally:
         vec_env.close()
     if with_references:

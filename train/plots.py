@@ -21,8 +21,12 @@ def read_metrics(run_dir: Path) -> dict[str, list[float]]:
     path = Path(run_dir) / "metrics.csv"
     if not path.exists():
         raise UserError(f"{run_dir} has no metrics.csv (is it a run directory?)")
-    with path.open(newline="") as f:
-        rows = list(csv.DictReader(f))
+    try:
+        with path.open(newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+    except (UnicodeDecodeError, csv.Error) as e:
+        reason = f"{e.reason} at byte {e.start}" if isinstance(e, UnicodeDecodeError) else str(e)
+        raise UserError(f"{path} is not a readable metrics CSV ({reason}); is it a file written by fwm-rl?") from None
     if not rows:
         raise UserError(f"{path} has no rows yet")
 

@@ -1,4 +1,4 @@
-"""A run directory and what reads it: its file names, its config, its agent, and the environments it names."""
+"""What reads a finished RL run: its model and config, its agent, and the environments it names."""
 from __future__ import annotations
 
 import difflib
@@ -10,26 +10,10 @@ from typing import Any, Iterator, Optional
 import numpy as np
 import torch
 
+from fwm_rl.train.checkpoints import BEST_MODEL_FILE, MODEL_FILE
 from fwm_rl.train.config import TrainConfig, load_config
 from fwm_rl.train.errors import UserError
-
-CONFIG_FILE = "config.yaml"
-MODEL_FILE = "model.zip"
-BEST_MODEL_FILE = "best_model.zip"
-CHECKPOINT_DIR = "checkpoints"
-REFERENCES_FILE = "references.json"
-LOG_FILE = "log.txt"
-TENSORBOARD_DIR = "tb"
-
-
-def algorithm_class(algo: str) -> type:
-    """The agent class of an ``algo`` name (``ppo`` -> RecurrentPPO, ``a2c`` -> RecurrentA2C)."""
-    from fwm_rl.agents import RecurrentA2C, RecurrentPPO
-
-    classes = {"ppo": RecurrentPPO, "a2c": RecurrentA2C}
-    if algo not in classes:
-        raise UserError(f"unknown algorithm {algo!r}; choose from {', '.join(classes)}")
-    return classes[algo]
+from fwm_rl.train.rundir import CONFIG_FILE
 
 
 def check_env_id(env_id: str) -> None:
@@ -96,8 +80,20 @@ def find_model(path: str | Path, best: bool = False) -> tuple[Path, Optional[Tra
     return model, None
 
 
+def check_device_option(device: str) -> None:
+    """UserError for a --device this machine cannot use (see ``runner.check_device``)."""
+    from fwm_rl.train.runner import check_device
+
+    try:
+        check_device(device)
+    except ValueError as e:
+        raise UserError(f"--device: {e}") from None
+
+
 def load_agent(model_path: Path, algo: str, device: str = "auto"):
     """An agent loaded from an SB3 ``.zip`` for prediction (no environment attached)."""
+    from fwm_rl.train.agent_factory import algorithm_class
+
     cls = algorithm_class(algo)
     try:
         return cls.load(model_path, device=device)

@@ -1,25 +1,24 @@
 """Supervised trainer for the memory cores on ART, mART, catbAbI and word-level language modelling.
 
-``fwm-rl supervised --task art --core fwlstm --pairs 8 --steps 5000`` (or ``python -m fwm_rl.train.supervised``).
-A run directory holds ``config.json``, ``metrics.csv`` / ``metrics.jsonl`` (``step`` plus ``train/``, ``val/`` and
-``test/`` columns), ``checkpoints/last.pt`` and ``checkpoints/best.pt`` (best validation metric, written
-atomically) and ``results.json`` (the best checkpoint on the test split). ``--resume RUN_DIR`` continues a run
-exactly where its last checkpoint left it. The same command runs data-parallel under ``torchrun`` (one process per
-rank, DistributedDataParallel, gloo on CPU, nccl on CUDA): each rank reads its own share of the data.
+``fwm-rl supervised --task art --core fwlstm --pairs 8 --steps 5000``. A run directory holds what every run has
+(``rundir.RunDir``: config.yaml, checkpoints/, metrics.csv/.jsonl with ``step`` plus ``train/``, ``val/`` and
+``test/`` columns, log.txt), ``best_model.pt`` (the best validation metric, written atomically) and
+``results.json`` (the best model on the test split). ``--resume RUN_DIR`` continues a run exactly where its last
+checkpoint left it. The same command runs data-parallel under ``torchrun -m fwm_rl.train.supervised`` (one
+process per rank, DistributedDataParallel, gloo on CPU, nccl on CUDA): each rank reads its own share of the data,
+rank 0 writes the run directory.
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import dataclasses
 import json
 import os
 import sys
 import time
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, ClassVar, Literal, Optional
 
 import torch
 import torch.distributed as dist
@@ -27,10 +26,12 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from fwm_rl import CORE_CLASSES, State, build_core, detach_state
-from fwm_rl.train.config import field_docs
-from fwm_rl.train.errors import UserError
-from fwm_rl.train.io import MetricsLog, atomic_write, write_json
+from fwm_rl import State, build_core, detach_state
+from fwm_rl.train import options, runner
+from fwm_rl.train.errors import UserError, user_input
+from fwm_rl.train.io import atomic_write, write_json
+from fwm_rl.train.options import Alias
+from fwm_rl.train.rundir import RunDir
 from fwm_rl.train.seqmodel import SequenceModel, build_sequence_model, count_parameters, hidden_size_for_params
 from fwm_rl.train.tasks.art import ARTTask, load_or_make_splits
 from fwm_rl.train.tasks.babi import CatBAbITask, read_babi_dir
@@ -46,47 +47,47 @@ TASK_DEFAULTS = {
     "catbabi": {"batch_size": 32, "eval_batch_size": 32, "embed_size": None},
     "lm": {"batch_size": 20, "eval_batch_size": 10, "embed_size": None},
 }
-RESUMABLE_FIELDS = ("steps", "device", "threads")  # what --resume may change
+BEST_MODEL_FILE = "best_model.pt"
+RESULTS_FILE = "results.json"
+# Old spellings (before the RL and supervised trainers shared one run layer), accepted with a warning.
+ALIASES = (Alias("core_options", "core_kwargs"), Alias("lr", "learning_rate"), Alias("grad_clip", "max_grad_norm"),
+           Alias("eval_every", "eval_freq"))
 
 
 @dataclass
-class SupervisedConfig:
-    """One supervised run: task, model, optimisation, evaluation schedule and files."""
+class SupervisedConfig(runner.RunConfig):
+    """One supervised run: task, model, optimisation, evaluation schedule and data."""
 
+    experiment: str = ""
+    """Name of the experiment; the run directory is RUNS_DIR/EXPERIMENT (empty: TASK-CORE)."""
     task: Literal["art", "mart", "catbabi", "lm"] = "art"
     """Task: art, mart (keys first, then values), catbabi or lm."""
-    core: str = "lstm"
-    """Memory core (fwm, fwlstm, fwrnn, lstm, lnlstm, mlp)."""
+    core: str = runner.core_field("lstm")
+    """Memory core, a key of fwm_rl.CORE_CLASSES."""
     hidden_size: int = 64
     """Hidden size of the core."""
     target_params: Optional[int] = None
     """If set, use the largest hidden size whose whole model has at most this many parameters (matched sizes)."""
     embed_size: Optional[int] = None
     """Token embedding size; none for the task default (100 for art/mart, else the core's output size)."""
-    core_options: dict[str, Any] = field(default_factory=dict)
-    """Further core options as KEY=VALUE pairs (see each core's docstring)."""
+    core_kwargs: dict[str, Any] = field(default_factory=dict)
+    """Further options of the core, as KEY=VALUE pairs (see each core's docstring)."""
     steps: int = 5000
     """Optimisation steps."""
     batch_size: Optional[int] = None
     """Sequences (art/mart) or streams (catbabi/lm) per step and rank; none for 128 / 32 / 20."""
-    lr: float = 1e-3
+    learning_rate: float = 1e-3
     """Adam learning rate."""
-    grad_clip: Optional[float] = None
+    max_grad_norm: Optional[float] = None
     """Clip the gradient norm to this value; none for no clipping."""
-    seed: int = 0
-    """Seed of the model initialisation, the data order and the generated data."""
-    eval_every: int = 500
+    eval_freq: int = 500
     """Steps between evaluations on the validation split (and checkpoints)."""
     eval_batch_size: Optional[int] = None
     """Sequences (art/mart) or streams (catbabi/lm) per evaluation batch; none for 1000 / 32 / 10."""
     eval_test_periodically: bool = False
     """Also evaluate the test split at every evaluation (for test-error-against-steps curves)."""
-    device: str = "auto"
-    """Torch device; auto picks CUDA only when present."""
-    threads: Optional[int] = None
-    """Torch CPU threads; none for torch's default."""
-    run_dir: Optional[str] = None
-    """Run directory; none for runs/TASK-CORE-TIMESTAMP."""
+    keep_checkpoints: int = 2
+    """Most recent checkpoints kept on disk."""
     data_dir: Optional[str] = None
     """art/mart: where the splits are saved (default data/art); catbabi: a bAbI v1.2 en-valid-10k directory
     (none for generated stories); lm: a directory with train.txt, valid.txt and test.txt (required)."""
@@ -109,25 +110,23 @@ class SupervisedConfig:
     tie_weights: bool = False
     """lm: tie the decoder to the embedding (needs embed size = core output size)."""
 
-    def validate(self) -> None:
-        """``UserError`` for a value outside its allowed range."""
-        if self.core not in CORE_CLASSES:
-            raise UserError(f"unknown core {self.core!r}; available: {', '.join(sorted(CORE_CLASSES))}")
-        if self.task not in TASKS:
-            raise UserError(f"unknown task {self.task!r}; expected one of {', '.join(TASKS)}")
-        positive = ("hidden_size", "steps", "eval_every", "pairs", "train_size", "val_size", "test_size", "seq_len",
-                    "stories_per_task", "bptt", "target_params", "embed_size", "batch_size", "eval_batch_size",
-                    "threads")
-        for name in positive:
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
-        if self.lr <= 0 or (self.grad_clip is not None and self.grad_clip <= 0):
-            raise UserError(f"--lr and --grad-clip must be > 0, got {self.lr} and {self.grad_clip}")
+    RESUMABLE: ClassVar[tuple[str, ...]] = ("steps", "device", "threads")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        runner.check_core(self.core)
+        if not self.experiment:
+            self.experiment = f"{self.task}-{self.core}"
+        runner.check_positive(self, ("hidden_size", "steps", "eval_freq", "pairs", "train_size", "val_size",
+                                     "test_size", "seq_len", "stories_per_task", "bptt", "target_params",
+                                     "embed_size", "batch_size", "eval_batch_size", "keep_checkpoints"))
+        if self.learning_rate <= 0 or (self.max_grad_norm is not None and self.max_grad_norm <= 0):
+            raise ValueError(f"learning_rate and max_grad_norm must be > 0, got {self.learning_rate} and "
+                             f"{self.max_grad_norm}")
         if self.task in ("art", "mart") and not 1 <= self.pairs <= 26:
-            raise UserError(f"--pairs must be in 1..26 (keys are distinct letters), got {self.pairs}")
+            raise ValueError(f"pairs must be in 1..26 (keys are distinct letters), got {self.pairs}")
         if self.task == "lm" and self.data_dir is None:
-            raise UserError("--task lm needs --data-dir, a directory with train.txt, valid.txt and test.txt")
+            raise ValueError("task lm needs --data-dir, a directory with train.txt, valid.txt and test.txt")
 
     def resolved(self, name: str) -> Any:
         """A field, or the task default when the field is None."""
@@ -162,29 +161,9 @@ class Dist:
         dist.all_gather_object(out, obj)
         return out
 
-    def broadcast(self, obj: Any) -> Any:
-        if self.world_size == 1:
-            return obj
-        box = [obj]
-        dist.broadcast_object_list(box, src=0)
-        return box[0]
-
     def barrier(self) -> None:
         if self.world_size > 1:
             dist.barrier()
-
-
-def pick_device(name: str) -> torch.device:
-    """``auto`` -> CUDA when present, else CPU; anything else as torch reads it."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UserError(f"--device {name!r} is not a torch device (use auto, cpu, cuda or cuda:N)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device {name} asked for CUDA, which this machine does not have (use auto or cpu)")
-    return device
 
 
 def init_distributed(device: torch.device) -> Dist:
@@ -207,46 +186,41 @@ def make_task(cfg: SupervisedConfig, ranks: Dist) -> Task:
         sizes = {"train": cfg.train_size, "val": cfg.val_size, "test": cfg.test_size}
         data_dir = Path(cfg.data_dir or "data/art")
         if ranks.main:
-            splits = _user_errors(load_or_make_splits, data_dir, cfg.pairs, cfg.task == "mart", cfg.seed, sizes)
+            with user_input("the art splits"):
+                splits = load_or_make_splits(data_dir, cfg.pairs, cfg.task == "mart", cfg.seed, sizes)
         ranks.barrier()  # rank 0 made and saved the splits; the others read that file
         if not ranks.main:
             splits = load_or_make_splits(data_dir, cfg.pairs, cfg.task == "mart", cfg.seed, sizes)
-        return _user_errors(ARTTask, splits, batch, eval_batch, cfg.seed, ranks.rank, ranks.world_size)
+        with user_input("the art task"):
+            return ARTTask(splits, batch, eval_batch, cfg.seed, ranks.rank, ranks.world_size)
     if cfg.task == "catbabi":
         if cfg.data_dir is None:
             n = cfg.stories_per_task
             sizes = {"train": n, "val": max(1, n // 10), "test": max(1, n // 10)}
-            splits = _user_errors(generate_splits, cfg.seed, sizes)
+            with user_input("the generated bAbI stories"):
+                splits = generate_splits(cfg.seed, sizes)
         else:
             splits = read_babi_dir(Path(cfg.data_dir))
         return CatBAbITask(splits, cfg.mode, batch, cfg.seq_len, eval_batch, cfg.seed, ranks.rank, ranks.world_size)
     vocab, ids = read_corpus(Path(cfg.data_dir))
-    return _user_errors(LMTask, vocab, ids, batch, cfg.bptt, eval_batch, ranks.rank, ranks.world_size)
+    with user_input("the lm task"):
+        return LMTask(vocab, ids, batch, cfg.bptt, eval_batch, ranks.rank, ranks.world_size)
 
 
-def _user_errors(fn: Any, *args: Any) -> Any:
-    """``fn(*args)`` with its ValueError (a bad setting) reported as a UserError."""
-    try:
-        return fn(*args)
-    except ValueError as e:
-        raise UserError(str(e)) from None
+def model_hidden_size(cfg: SupervisedConfig, task: Task) -> int:
+    """``hidden_size``, or the largest one within ``target_params`` when that is set."""
+    if cfg.target_params is None:
+        return cfg.hidden_size
+    with user_input(f"a {cfg.core} model within {cfg.target_params} parameters"):
+        return hidden_size_for_params(cfg.target_params, lambda hidden: make_model(cfg, task, hidden))
 
 
-def make_model(cfg: SupervisedConfig, task: Task) -> SequenceModel:
-    """The sequence model of ``cfg`` for ``task`` (hidden size matched to ``target_params`` when set)."""
-
-    def build(hidden: int) -> SequenceModel:
-        embed = cfg.resolved("embed_size") or _core_output_size(cfg, hidden)
+def make_model(cfg: SupervisedConfig, task: Task, hidden: int) -> SequenceModel:
+    """The sequence model of ``cfg`` for ``task`` with core hidden size ``hidden``."""
+    with user_input(f"the {cfg.core} sequence model with {cfg.core_kwargs}"):
+        embed = cfg.resolved("embed_size") or build_core(cfg.core, 1, hidden, **cfg.core_kwargs).output_size
         return build_sequence_model(cfg.core, task.vocab_size, embed, hidden, task.head, cfg.tie_weights,
-                                    cfg.core_options)
-
-    if cfg.target_params is not None:
-        cfg.hidden_size = _user_errors(hidden_size_for_params, cfg.target_params, build)
-    return _user_errors(build, cfg.hidden_size)
-
-
-def _core_output_size(cfg: SupervisedConfig, hidden: int) -> int:
-    return build_core(cfg.core, 1, hidden, **cfg.core_options).output_size
+                                    cfg.core_kwargs)
 
 
 # Training -----------------------------------------------------------------------------------------------------------
@@ -269,229 +243,159 @@ def evaluate(model: nn.Module, task: Task, split: str, device: torch.device, ran
     return task.summarize(split, ranks.all_reduce(total))
 
 
-def _checkpoint(path: Path, payload: dict[str, Any]) -> None:
-    atomic_write(path, lambda tmp: torch.save(payload, tmp))
-
-
 def _to_cpu(state: Optional[State]) -> Optional[State]:
     return None if state is None else tuple(s.detach().cpu() for s in state)
 
 
-def train(cfg: SupervisedConfig, resume: bool = False) -> dict[str, Any]:
-    """Train ``cfg`` (continuing ``cfg.run_dir`` when ``resume``); returns the results of the best checkpoint.
+class SupervisedTrainer(runner.Trainer):
+    """Next-token / answer prediction with a memory core (see the module docstring)."""
 
-    The returned dict has ``best_step``, the validation metrics of the best checkpoint, its ``test/best_*`` metrics,
-    ``parameters``, ``hidden_size``, ``run_dir`` and the final ``model`` (this rank's, trained weights).
-    """
-    cfg.validate()
-    device = pick_device(cfg.device)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    ranks = init_distributed(device)
-    if device.type == "cuda" and ranks.world_size > 1:
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    torch.manual_seed(cfg.seed)
-    task = make_task(cfg, ranks)
-    model = make_model(cfg, task).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    run_dir = Path(ranks.broadcast(cfg.run_dir or f"runs/{cfg.task}-{cfg.core}-{time.strftime('%Y%m%d-%H%M%S')}"))
-    cfg.run_dir = str(run_dir)
-    ckpt_dir = run_dir / "checkpoints"
-    log = MetricsLog(run_dir) if ranks.main else None
-    start, best, best_step, carry = 0, float("inf"), -1, None
-    if resume:
-        saved = torch.load(ckpt_dir / "last.pt", map_location="cpu", weights_only=False)
-        if len(saved["ranks"]) != ranks.world_size:
-            raise UserError(f"{run_dir} was trained by {len(saved['ranks'])} process(es); resume it with as many")
-        model.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        start, best, best_step = saved["step"], saved["best"], saved["best_step"]
-        task.load_state_dict(saved["ranks"][ranks.rank]["data"])
-        carry = saved["ranks"][ranks.rank]["carry"]
-        carry = None if carry is None else tuple(s.to(device) for s in carry)
+    config_class = SupervisedConfig
+    command = "supervised"
+    aliases = ALIASES
+
+    @classmethod
+    def load_config(cls, name_or_path: str) -> SupervisedConfig:
+        return load_config(Path(name_or_path))
+
+    def __init__(self, config: SupervisedConfig, checkpoint: Optional[dict[str, Any]] = None,
+                 progress_bar: bool = True, quiet: bool = False) -> None:
+        super().__init__(config, checkpoint, progress_bar, quiet)
+        self.device = runner.pick_device(config.device)
+        if config.threads:
+            torch.set_num_threads(config.threads)
+        self.ranks = init_distributed(self.device)
+        if self.device.type == "cuda" and self.ranks.world_size > 1:
+            self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.manual_seed(config.seed)
+        self.task = make_task(config, self.ranks)
+        self.hidden_size = model_hidden_size(config, self.task)
+        self.model = make_model(config, self.task, self.hidden_size).to(self.device)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.learning_rate)
+        self.best, self.best_step, self.carry = float("inf"), -1, None
+        if checkpoint is not None:
+            if len(checkpoint["ranks"]) != self.ranks.world_size:
+                raise UserError(f"the run was trained by {len(checkpoint['ranks'])} process(es); resume it with as "
+                                "many")
+            self.model.load_state_dict(checkpoint["model"])
+            self.optimizer.load_state_dict(checkpoint["optimizer"])
+            self.best, self.best_step = checkpoint["best"], checkpoint["best_step"]
+            self.task.load_state_dict(checkpoint["ranks"][self.ranks.rank]["data"])
+            carry = checkpoint["ranks"][self.ranks.rank]["carry"]
+            self.carry = None if carry is None else tuple(s.to(self.device) for s in carry)
+
+    def resolved_config(self) -> SupervisedConfig:
+        cfg = self.config
+        embed = cfg.resolved("embed_size") or self.model.embedding.embedding_dim
+        return dataclasses.replace(cfg, hidden_size=self.hidden_size, embed_size=embed,
+                                   batch_size=cfg.resolved("batch_size"),
+                                   eval_batch_size=cfg.resolved("eval_batch_size"), device=str(self.device),
+                                   threads=cfg.threads or torch.get_num_threads())
+
+    def fit(self, run: RunDir, start_step: Optional[int]) -> runner.RunResult:
+        cfg, model, task, ranks, device = self.config, self.model, self.task, self.ranks, self.device
+        start = start_step or 0
+        log = run.metrics() if ranks.main else None
         if log is not None:
-            log.truncate(start)
-    elif ranks.main:
-        if (ckpt_dir / "last.pt").exists():
-            raise UserError(f"{run_dir} already holds a run; use --resume {run_dir} or another --run-dir")
-        write_json(run_dir / "config.json", dataclasses.asdict(cfg))
-    n_params = count_parameters(model)
-    net: nn.Module = DistributedDataParallel(model) if ranks.world_size > 1 else model
-    if ranks.main:
-        print(f"{cfg.task} with {cfg.core} (hidden {cfg.hidden_size}, {n_params} parameters) "
-              f"on {device} x{ranks.world_size}; run directory {run_dir}", file=sys.stderr)
-
-    window = empty_sums(task.num_groups, device)
-    tic, tic_step = time.perf_counter(), start
-    bar = tqdm(total=cfg.steps, initial=start, disable=not ranks.main, desc=f"{cfg.task}-{cfg.core}", unit="step")
-    for step in range(start, cfg.steps):
-        batch = task.train_batch(step).to(device)
-        if batch.reset or not task.carries_state:
-            carry = None
-        logits, state = net(batch.tokens, carry)
-        loss, sums = score(logits, batch, task.num_groups)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.grad_clip is not None:
-            nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        optimizer.step()
-        carry = detach_state(state) if task.carries_state else None
-        window = add_sums(window, sums)
-        bar.update(1)
-        done = step + 1
-        if done % cfg.eval_every and done != cfg.steps:
-            continue
-        metrics = task.summarize("train", ranks.all_reduce(window))
-        metrics["train/steps_per_s"] = (done - tic_step) / (time.perf_counter() - tic)
-        metrics.update(evaluate(model, task, "val", device, ranks))
-        if cfg.eval_test_periodically:
-            metrics.update(evaluate(model, task, "test", device, ranks))
-        improved = metrics[task.best_metric] < best
-        if improved:
-            best, best_step = metrics[task.best_metric], done
-        per_rank = ranks.gather({"data": task.state_dict(), "carry": _to_cpu(carry)})
-        if ranks.main:
-            log.append(done, **metrics)
-            payload = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": done,
-                       "best": best, "best_step": best_step, "ranks": per_rank, "config": dataclasses.asdict(cfg)}
+            log.truncate(-1 if start_step is None else start_step)
+        n_params = count_parameters(model)
+        net: nn.Module = DistributedDataParallel(model) if ranks.world_size > 1 else model
+        if ranks.main and not self.quiet:
+            print(f"{cfg.task} with {cfg.core} (hidden {self.hidden_size}, {n_params} parameters) "
+                  f"on {device} x{ranks.world_size}; run directory {run.path}", file=sys.stderr)
+        carry, window = self.carry, empty_sums(task.num_groups, device)
+        tic, tic_step = time.perf_counter(), start
+        bar = tqdm(total=cfg.steps, initial=start, disable=not ranks.main or not self.progress_bar,
+                   desc=f"{cfg.task}-{cfg.core}", unit="step")
+        for step in range(start, cfg.steps):
+            batch = task.train_batch(step).to(device)
+            if batch.reset or not task.carries_state:
+                carry = None
+            logits, state = net(batch.tokens, carry)
+            loss, sums = score(logits, batch, task.num_groups)
+            runner.check_finite_loss(loss, step, step)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.max_grad_norm is not None:
+                nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+            self.optimizer.step()
+            carry = detach_state(state) if task.carries_state else None
+            window = add_sums(window, sums)
+            bar.update(1)
+            done = step + 1
+            if done % cfg.eval_freq and done != cfg.steps:
+                continue
+            metrics = task.summarize("train", ranks.all_reduce(window))
+            metrics["train/steps_per_s"] = (done - tic_step) / (time.perf_counter() - tic)
+            metrics.update(evaluate(model, task, "val", device, ranks))
+            if cfg.eval_test_periodically:
+                metrics.update(evaluate(model, task, "test", device, ranks))
+            improved = metrics[task.best_metric] < self.best
             if improved:
-                _checkpoint(ckpt_dir / "best.pt", {"model": model.state_dict(), "step": done, "metrics": metrics})
-            _checkpoint(ckpt_dir / "last.pt", payload)
-            bar.set_postfix(loss=f"{metrics['train/loss']:.3f}", best=f"{best:.4f}")
-        window = empty_sums(task.num_groups, device)
-        tic, tic_step = time.perf_counter(), done
-    bar.close()
-    ranks.barrier()
-    return _final_test(cfg, model, task, device, ranks, log, n_params, best_step)
+                self.best, self.best_step = metrics[task.best_metric], done
+            per_rank = ranks.gather({"data": task.state_dict(), "carry": _to_cpu(carry)})
+            if ranks.main:
+                log.append(done, **metrics)
+                if improved:
+                    best = {"model": model.state_dict(), "step": done, "metrics": metrics}
+                    atomic_write(run.path / BEST_MODEL_FILE, lambda tmp: torch.save(best, tmp))
+                payload = {"model": model.state_dict(), "optimizer": self.optimizer.state_dict(), "best": self.best,
+                           "best_step": self.best_step, "ranks": per_rank}
+                self.save_checkpoint(run, done, payload, model, step, keep=cfg.keep_checkpoints)
+                bar.set_postfix(loss=f"{metrics['train/loss']:.3f}", best=f"{self.best:.4f}")
+            window = empty_sums(task.num_groups, device)
+            tic, tic_step = time.perf_counter(), done
+        bar.close()
+        ranks.barrier()
+        return runner.RunResult(run.path, cfg.steps, None, self._final_test(run, log, n_params))
+
+    def _final_test(self, run: RunDir, log, n_params: int) -> dict[str, Any]:
+        """Score the best model on the test split; log it as ``test/best_*`` and write ``results.json``."""
+        cfg, ranks = self.config, self.ranks
+        best = torch.load(run.path / BEST_MODEL_FILE, map_location="cpu", weights_only=False)
+        final = copy.deepcopy(self.model)
+        final.load_state_dict(best["model"])
+        test = {k.replace("test/", "test/best_", 1): v
+                for k, v in evaluate(final, self.task, "test", self.device, ranks).items()}
+        val = {k: v for k, v in best["metrics"].items() if k.startswith("val/")}
+        results = {"best_step": self.best_step, **val, **test, "parameters": n_params,
+                   "hidden_size": self.hidden_size, "run_dir": str(run.path)}
+        if ranks.main:
+            log.append(cfg.steps, **test)
+            write_json(run.path / RESULTS_FILE, results)
+            if not self.quiet:
+                print(json.dumps({k: v for k, v in results.items() if "acc_task" not in k}), file=sys.stderr)
+        return {**results, "model": self.model}
 
 
-def _final_test(
-    cfg: SupervisedConfig, model: SequenceModel, task: Task, device: torch.device, ranks: Dist,
-    log: Optional[MetricsLog], n_params: int, best_step: int,
-) -> dict[str, Any]:
-    """Score the best checkpoint on the test split; log it as ``test/best_*`` and write ``results.json``."""
-    run_dir = Path(cfg.run_dir)
-    best = torch.load(run_dir / "checkpoints" / "best.pt", map_location="cpu", weights_only=False)
-    final = copy.deepcopy(model)
-    final.load_state_dict(best["model"])
-    test = {k.replace("test/", "test/best_", 1): v for k, v in evaluate(final, task, "test", device, ranks).items()}
-    val = {k: v for k, v in best["metrics"].items() if k.startswith("val/")}
-    results = {"best_step": best_step, **val, **test, "parameters": n_params, "hidden_size": cfg.hidden_size,
-               "run_dir": str(run_dir)}
-    if ranks.main:
-        log.append(cfg.steps, **test)
-        write_json(run_dir / "results.json", results)
-        print(json.dumps({k: v for k, v in results.items() if "acc_task" not in k}), file=sys.stderr)
-    return {**results, "model": model}
+def load_config(path: Path) -> SupervisedConfig:
+    """A SupervisedConfig from a YAML file (a run's config.yaml; an old run's config.json, whose ``run_dir`` key is
+    dropped with a warning: the run directory is an option now)."""
+    values = options.read_yaml(path)
+    if "run_dir" in values:
+        options.warn_deprecated(f"{path}: run_dir in a config file is deprecated and ignored; use --run-dir")
+        values.pop("run_dir")
+    return options.make_config(SupervisedConfig, values, source=str(path), merge_dicts=False, aliases=ALIASES)
 
 
-# Command line -------------------------------------------------------------------------------------------------------
+def train(cfg: SupervisedConfig, run_dir: Optional[Path] = None, runs_dir: Path = Path("runs"),
+          overwrite: bool = False, progress_bar: bool = True, quiet: bool = False) -> dict[str, Any]:
+    """Train ``cfg`` in a new run directory (default RUNS_DIR/EXPERIMENT); returns the results of the best model:
+    ``best_step``, its validation metrics, its ``test/best_*`` metrics, ``parameters``, ``hidden_size``,
+    ``run_dir`` and the final ``model`` (this rank's, trained weights)."""
+    run_dir = Path(run_dir) if run_dir is not None else Path(runs_dir) / cfg.experiment
+    return runner.start(SupervisedTrainer, cfg, run_dir, overwrite=overwrite, progress_bar=progress_bar,
+                        quiet=quiet).summary
 
 
-def _converter(hint: Any) -> Any:
-    """An argparse ``type`` for a field annotated ``hint`` (int, float, str, optionally ``Optional``)."""
-    optional = typing.get_origin(hint) is typing.Union
-    base = next(a for a in typing.get_args(hint) if a is not type(None)) if optional else hint
-
-    def convert(text: str) -> Any:
-        if optional and text.lower() in ("none", "null"):
-            return None
-        try:
-            if base is int and not text.lstrip("-").replace("_", "").isdigit():
-                value = float(text)  # 1e5 is accepted as an int when it is a whole number
-                if value.is_integer():
-                    return int(value)
-                raise ValueError(text)
-            return base(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {base.__name__}{' or none' if optional else ''}, got {text!r}")
-
-    convert.__name__ = base.__name__
-    return convert
+def resume(run_dir: Path, overrides: Optional[dict[str, Any]] = None, progress_bar: bool = True,
+           quiet: bool = False) -> dict[str, Any]:
+    """Continue the run in ``run_dir`` from its newest readable checkpoint; only RESUMABLE fields may change."""
+    return runner.resume(SupervisedTrainer, Path(run_dir), overrides, progress_bar=progress_bar,
+                         quiet=quiet).summary
 
 
-def _parse_option(item: str) -> tuple[str, Any]:
-    """``"memory_size=16"`` -> ("memory_size", 16); the value is read as JSON when it can be, else as text."""
-    key, sep, value = item.partition("=")
-    if not sep or not key:
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {item!r}")
-    try:
-        return key, json.loads(value)
-    except json.JSONDecodeError:
-        return key, value
+if __name__ == "__main__":  # torchrun -m fwm_rl.train.supervised ...
+    from fwm_rl.train.cli import main
 
-
-def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    """One ``--field-name`` option per SupervisedConfig field (only the options given land in the namespace)."""
-    docs, defaults = field_docs(SupervisedConfig), SupervisedConfig()
-    hints = typing.get_type_hints(SupervisedConfig)
-    for f in dataclasses.fields(SupervisedConfig):
-        flag, hint, default = "--" + f.name.replace("_", "-"), hints[f.name], getattr(defaults, f.name)
-        help_text = f"{docs[f.name]} [default: {default}]".replace("%", "%%")
-        common = {"dest": f.name, "default": argparse.SUPPRESS, "help": help_text}
-        if typing.get_origin(hint) is Literal:
-            parser.add_argument(flag, choices=typing.get_args(hint), **common)
-        elif hint is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, **common)
-        elif isinstance(default, dict):
-            parser.add_argument(flag, nargs="+", type=_parse_option, metavar="KEY=VALUE", **common)
-        else:
-            parser.add_argument(flag, type=_converter(hint), metavar=f.name.upper(), **common)
-    parser.add_argument("--resume", metavar="RUN_DIR", default=None,
-                        help=f"continue the run in RUN_DIR from its last checkpoint with its config.json "
-                             f"(only {', '.join('--' + n.replace('_', '-') for n in RESUMABLE_FIELDS)} may be given)")
-
-
-def config_from_args(args: argparse.Namespace) -> tuple[SupervisedConfig, bool]:
-    """The run's config (read from RUN_DIR/config.json for ``--resume``) and whether it resumes."""
-    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(SupervisedConfig) if hasattr(args, f.name)}
-    if "core_options" in given:
-        given["core_options"] = dict(given["core_options"])
-    resume = getattr(args, "resume", None)
-    if resume is None:
-        return SupervisedConfig(**given), False
-    fixed = sorted(set(given) - set(RESUMABLE_FIELDS))
-    if fixed:
-        flags = ", ".join("--" + n.replace("_", "-") for n in fixed)
-        allowed = ", ".join("--" + n for n in RESUMABLE_FIELDS)
-        raise UserError(f"--resume continues {resume} as configured; {flags} cannot be given (only {allowed} may)")
-    path = Path(resume) / "config.json"
-    if not path.exists() or not (Path(resume) / "checkpoints" / "last.pt").exists():
-        raise UserError(f"--resume {resume}: not a run directory with config.json and checkpoints/last.pt")
-    cfg = SupervisedConfig(**{**json.loads(path.read_text()), **given})
-    cfg.run_dir = str(resume)
-    return cfg, True
-
-
-def run(args: argparse.Namespace) -> int:
-    """Entry point of ``fwm-rl supervised``: train, return the exit status."""
-    cfg, resume = config_from_args(args)
-    train(cfg, resume=resume)
-    if dist.is_initialized():
-        dist.destroy_process_group()
-    return 0
-
-
-DESCRIPTION = "Train a memory core on ART, mART, catbAbI or word-level language modelling (runs under torchrun too)."
-
-
-def add_parser(subparsers: Any) -> None:
-    """Add the ``supervised`` subcommand to the ``fwm-rl`` command's subparsers."""
-    parser = subparsers.add_parser("supervised", help=DESCRIPTION, description=DESCRIPTION)
-    _add_config_arguments(parser)
-    parser.set_defaults(func=run)
-
-
-def main(argv: Optional[list[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m fwm_rl.train.supervised", description=DESCRIPTION)
-    _add_config_arguments(parser)
-    args = parser.parse_args(argv)
-    try:
-        return run(args)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    main(["supervised", *sys.argv[1:]])

@@ -9,7 +9,7 @@ import numpy as np
 
 from fwm_rl.train.errors import UserError
 from fwm_rl.train.io import atomic_write
-from fwm_rl.train.runs import env_errors, find_model, heldout_env_kwargs, load_agent, seeded_rng
+from fwm_rl.train.runs import check_device_option, env_errors, find_model, heldout_env_kwargs, load_agent, seeded_rng
 
 CAPTION_HEIGHT = 18
 
@@ -64,6 +64,7 @@ def watch(path: str | Path, out: str | Path, layout: Optional[str] = None, split
         raise UserError(f"--out must end in .gif, got {out}")
     if fps <= 0:
         raise UserError(f"--fps must be > 0, got {fps}")
+    check_device_option(device)
     model_path, config = find_model(path, best=best)
     if config is None:
         raise UserError(f"no config.yaml beside {model_path}: watch a run directory made by `fwm-rl train`")

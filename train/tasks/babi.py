@@ -59,6 +59,9 @@ def read_babi_file(path: Path, task: int) -> list[Story]:
             if not question.endswith("?") or not answer.strip():
                 raise UserError(f"{where}: a question line must be 'ID question?<TAB>answer<TAB>ids', got {raw!r}")
             lines.append(Line(_words(question[:-1]), answer.strip().lower()))
+        elif "?" in rest:
+            raise UserError(f"{where}: a question line needs a TAB between the question and its answer "
+                            f"('ID question?<TAB>answer<TAB>ids'), got {raw!r}")
         else:
             if not rest.strip().endswith("."):
                 raise UserError(f"{where}: a statement must end with '.', got {raw!r}")

@@ -1,0 +1,91 @@
+"""The numeric core and fused-kernel tests pass under every CPU code path that torch can take on this machine.
+
+torch picks its vectorised kernels from ``ATEN_CPU_CAPABILITY`` (``default``, ``avx2``, ``avx512``), and the fused FWM
+kernel is compiled with the instruction set of that capability, so a float tolerance tuned on one CPU can fail on
+another. Each capability the CPU supports, other than the one this process already runs the suite under, gets a
+child pytest run of the numeric test files; the children run concurrently, one per core.
+"""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Iterator, NamedTuple
+
+import pytest
+import torch
+
+from fwm_rl.fused import load_extension
+
+REPO = Path(__file__).resolve().parents[1]
+NUMERIC_TEST_FILES = ("tests/test_cores.py", "tests/test_fused.py")
+# The non-numeric tests of those files that cost seconds (a failing build, a missing compiler); the main run has them.
+NOT_NUMERIC = "not build_ext and not fallback"
+CAPABILITIES = ("default", "avx2", "avx512")
+CHILD_TIMEOUT_S = 540  # below pytest-timeout's 600 s, so a hung child is reported here, with its output
+KERNEL_SKIP = "fused kernel unavailable"
+
+
+class ChildRun(NamedTuple):
+    returncode: int
+    output: str
+
+
+def capability_under(requested: str) -> str:
+    """The capability torch reports in a fresh process with ``ATEN_CPU_CAPABILITY=requested`` (torch ignores a
+    capability the CPU lacks, so this equals ``requested.upper()`` exactly when the CPU supports it)."""
+    result = subprocess.run(
+        [sys.executable, "-c", "import torch; print(torch.backends.cpu.get_cpu_capability())"],
+        env={**os.environ, "ATEN_CPU_CAPABILITY": requested}, capture_output=True, text=True, timeout=120, check=True,
+    )
+    return result.stdout.strip()
+
+
+def run_numeric_tests(capability: str, threads: int) -> ChildRun:
+    """pytest on the numeric test files in a child process under ``ATEN_CPU_CAPABILITY=capability``."""
+    env = {**os.environ, "ATEN_CPU_CAPABILITY": capability, "OMP_NUM_THREADS": str(threads)}
+    command = [sys.executable, "-m", "pytest", "-q", "-rfEs", "--tb=short", "-p", "no:cacheprovider",
+               "-k", NOT_NUMERIC, *NUMERIC_TEST_FILES]
+    try:
+        result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=CHILD_TIMEOUT_S)
+    except subprocess.TimeoutExpired as error:
+        output = (error.stdout or b"").decode() if isinstance(error.stdout, bytes) else (error.stdout or "")
+        return ChildRun(-1, f"timed out after {CHILD_TIMEOUT_S} s\n{output}")
+    return ChildRun(result.returncode, result.stdout + result.stderr)
+
+
+class Children(NamedTuple):
+    current: str
+    detected: dict[str, str]
+    runs: dict[str, Future]
+
+
+@pytest.fixture(scope="module")
+def children() -> Iterator[Children]:
+    """Detect the supported capabilities, then start one child run per capability to check, all at once."""
+    with ThreadPoolExecutor(len(CAPABILITIES)) as pool:
+        detected = dict(zip(CAPABILITIES, pool.map(capability_under, CAPABILITIES)))
+        current = torch.backends.cpu.get_cpu_capability()
+        to_check = [c for c in CAPABILITIES if detected[c] == c.upper() and c.upper() != current]
+        threads = max(1, (os.cpu_count() or 1) // max(1, len(to_check)))
+        yield Children(current, detected, {c: pool.submit(run_numeric_tests, c, threads) for c in to_check})
+
+
+@pytest.mark.parametrize("capability", CAPABILITIES)
+def test_numeric_core_and_fused_tests_pass_under_cpu_capability(capability, children):
+    if capability.upper() == children.current:
+        pytest.skip(f"this process runs under {children.current}: the rest of the suite checks it")
+    if capability not in children.runs:
+        pytest.skip(f"this CPU does not support {capability.upper()} (torch falls back to {children.detected[capability]})")
+    run = children.runs[capability].result()
+    failed = re.findall(r"^(?:FAILED|ERROR) (\S+)", run.output, flags=re.MULTILINE)
+    tail = "\n".join(run.output.splitlines()[-40:])
+    if run.returncode != 0:
+        pytest.fail(f"under ATEN_CPU_CAPABILITY={capability}, {len(failed)} test(s) failed: "
+                    f"{', '.join(failed) or '(see the output)'}\n{tail}", pytrace=False)
+    if load_extension().module is not None and KERNEL_SKIP in run.output:
+        pytest.fail(f"the fused kernel loads here but not under ATEN_CPU_CAPABILITY={capability}, so its tests were "
+                    f"skipped there:\n{tail}", pytrace=False)

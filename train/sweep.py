@@ -5,7 +5,7 @@ A sweep folder RUNS_DIR/NAME holds::
 
     sweep.json                 the manifest: the sweep's settings and each run's state (written atomically)
     <config>-seed<S>/          one run directory per config and seed (made by ``fwm-rl train``)
-    evaluations/<run>/<split>.json   the final evaluation of each run (``fwm-rl evaluate --json``)
+    evaluations/<run>/<split>.json   the final evaluation of each run (``fwm-rl evaluate --json-file``)
     logs/<run>.log             everything the run's subprocesses printed
     .sweep.lock                held while a sweep writes here, so a second sweep cannot
 
@@ -144,8 +144,13 @@ class Sweep:
         return [*_fwm_rl(), command, "--config", run["config"], "--seed", str(run["seed"]), "--experiment", name,
                 "--runs-dir", str(self.folder), *common, *overrides]
 
+    def evaluation_path(self, name: str, split: str) -> Path:
+        return self.folder / EVALUATIONS_DIR / name / f"{split}.json"
+
     def evaluate_command(self, name: str, split: str) -> list[str]:
-        command = [*_fwm_rl(), "evaluate", str(self.folder / name), "--split", split, "--json"]
+        """``fwm-rl evaluate`` of the run's final model on ``split``, its report written to ``evaluation_path``."""
+        command = [*_fwm_rl(), "evaluate", str(self.folder / name), "--split", split, "--json-file",
+                   str(self.evaluation_path(name, split)), "--no-progress-bar"]
         if self.settings["eval_episodes"] is not None:
             command += ["--episodes", str(self.settings["eval_episodes"])]
         command += ["--best"] * self.settings["best"] + ["--deterministic"] * self.settings["deterministic"]
@@ -168,26 +173,25 @@ class _Children:
         self.lock = threading.Lock()
         self.stopping = False
 
-    def run(self, command: list[str], log_path: Path, env: dict[str, str], on_start=None,
-            capture: bool = False) -> tuple[int, str]:
-        """Run ``command`` with its output appended to ``log_path`` (stdout returned instead with ``capture``):
-        (exit code, stdout). Returns EXIT_INTERRUPTED without starting it once the sweep is stopping."""
+    def run(self, command: list[str], log_path: Path, env: dict[str, str], on_start=None) -> int:
+        """Run ``command`` with its output appended to ``log_path``; its exit code. Returns EXIT_INTERRUPTED without
+        starting it once the sweep is stopping."""
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with log_path.open("a") as log:
             log.write(f"$ {' '.join(command)}\n")
             log.flush()
             with self.lock:
                 if self.stopping:
-                    return EXIT_INTERRUPTED, ""
-                process = subprocess.Popen(command, stdout=subprocess.PIPE if capture else log, stderr=log, env=env,
-                                           text=True, start_new_session=True)
+                    return EXIT_INTERRUPTED
+                process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                           start_new_session=True)
                 self.processes.add(process)
             if on_start is not None:
                 on_start(process.pid)
-            stdout, _ = process.communicate()
+            process.wait()
             with self.lock:
                 self.processes.discard(process)
-        return process.returncode, stdout or ""
+        return process.returncode
 
     def interrupt(self) -> int:
         with self.lock:
@@ -223,7 +227,7 @@ def _do_run(sweep: Sweep, children: _Children, name: str) -> str:
     if not run.get("trained"):
         command = sweep.train_command(name)
         sweep.update(name, state=TRAINING, attempts=run.get("attempts", 0) + 1, error=None)
-        code, _ = children.run(command, log_path, env, on_start=lambda pid: sweep.update(name, pid=pid))
+        code = children.run(command, log_path, env, on_start=lambda pid: sweep.update(name, pid=pid))
         if code != 0:
             return _stopped(sweep, name, code, log_path, "training")
         sweep.update(name, trained=True, pid=None)
@@ -242,17 +246,14 @@ def _do_run(sweep: Sweep, children: _Children, name: str) -> str:
     for split in sweep.settings["eval_splits"]:
         if split in evaluations:
             continue
-        code, output = children.run(sweep.evaluate_command(name, split), log_path, env, capture=True)
+        code = children.run(sweep.evaluate_command(name, split), log_path, env)
         if code != 0:
             return _stopped(sweep, name, code, log_path, f"evaluation on {split}")
-        try:
-            report = json.loads(output)
-        except json.JSONDecodeError:
-            sweep.update(name, state=FAILED, error=f"`fwm-rl evaluate --json` printed no JSON for {name} on {split}")
+        path = sweep.evaluation_path(name, split)
+        if not path.is_file():
+            sweep.update(name, state=FAILED, error=f"`fwm-rl evaluate --json-file {path}` wrote no file")
             return FAILED
-        relative = Path(EVALUATIONS_DIR) / name / f"{split}.json"
-        write_json(sweep.folder / relative, report)
-        evaluations[split] = str(relative)
+        evaluations[split] = str(path.relative_to(sweep.folder))
         sweep.update(name, evaluations=evaluations)
     sweep.update(name, state=DONE, pid=None, error=None)
     return DONE

@@ -18,6 +18,7 @@ from scipy.stats import bootstrap
 
 from fwm_rl.train.cli import main
 from fwm_rl.train.report import iqm, probability_of_improvement, write_report
+from test_cli_rundir import run_main as cli  # fwm-rl ARGV in this process: (exit code, stdout, stderr)
 
 CONFIGS = ["gridmaze-mlp", "gridmaze-lstm"]
 RUNS = [f"{config}-seed{seed}" for config in CONFIGS for seed in (0, 1)]
@@ -32,14 +33,6 @@ REPS = 2000
 def sweep_args(runs_dir: Path, jobs: int) -> list[str]:
     return ["sweep", "--config", *CONFIGS, "--seeds", "2", "--jobs", str(jobs), "--runs-dir", str(runs_dir),
             "--name", "tiny", *TINY]
-
-
-def cli(argv: list[str], capsys) -> tuple[int, str, str]:
-    """Run ``fwm-rl ARGV`` in this process: (exit code, stdout, stderr)."""
-    with pytest.raises(SystemExit) as exit_info:
-        main(argv)
-    captured = capsys.readouterr()
-    return exit_info.value.code, captured.out, captured.err
 
 
 def manifest(folder: Path) -> dict:

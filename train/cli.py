@@ -114,6 +114,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from fwm_rl.train import report, sweep
     from fwm_rl.train.config import shipped_configs
     from fwm_rl.train.rl import RLTrainer
     from fwm_rl.train.runner import add_trainer_arguments
@@ -203,6 +204,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_trainer_arguments(supervised, SupervisedTrainer, config_help="YAML config file (a run's config.yaml, or an "
                           "old config.json); options below override its fields")
     supervised.set_defaults(func=_supervised)
+    sweep.add_parser(commands, formatter_class=_HelpFormatter)
+    report.add_parser(commands, formatter_class=_HelpFormatter)
     return parser
 
 

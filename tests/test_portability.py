@@ -22,8 +22,9 @@ from fwm_rl.fused import load_extension
 
 REPO = Path(__file__).resolve().parents[1]
 NUMERIC_TEST_FILES = ("tests/test_cores.py", "tests/test_fused.py")
-# The non-numeric tests of those files that cost seconds (a failing build, a missing compiler); the main run has them.
-NOT_NUMERIC = "not build_ext and not fallback"
+# The non-numeric tests of those files that cost seconds (a failing build, a missing compiler, the malformed-call
+# cases in their own child process); the main run has them.
+NOT_NUMERIC = "not build_ext and not fallback and not malformed"
 CAPABILITIES = ("default", "avx2", "avx512")
 CHILD_TIMEOUT_S = 540  # below pytest-timeout's 600 s, so a hung child is reported here, with its output
 KERNEL_SKIP = "fused kernel unavailable"

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from fwm_rl.core import MemoryCore, State, StateSpec, check_positive, check_real, run_lstm
-from fwm_rl.recurrence import IMPLEMENTATIONS, fwm_recurrence
+from fwm_rl.recurrence import IMPLEMENTATIONS, RecurrenceInputs, fwm_recurrence
 
 # β = σ(a_β + BETA_OFFSET): the official code biases every write towards "on".
 BETA_OFFSET = 1.0
@@ -170,10 +170,9 @@ class FWMCore(MemoryCore):
         queries = queries.tanh() if self.tanh_query else queries  # [T, B, d]
         edges = edges.reshape(T, B, n_reads, d)
         edges = edges.tanh() if self.tanh_edges else edges  # [T, B, N_r, d]
-        reads, F = fwm_recurrence(
-            keys_s.tanh(), keys_r.tanh(), values.tanh(), beta, queries, edges, F0, episode_starts,
-            self.write_scale, implementation=self.recurrence,
-        )  # reads [T, B, d], F [B, d, d, d]
+        inputs = RecurrenceInputs(keys_s.tanh(), keys_r.tanh(), values.tanh(), beta, queries, edges, F0,
+                                  episode_starts)
+        reads, F = fwm_recurrence(inputs, self.write_scale, implementation=self.recurrence)  # [T, B, d], [B, d, d, d]
         y = self.out_proj(reads)  # [T, B, H]
         if self.residual:
             y = y + h_seq

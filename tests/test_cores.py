@@ -310,7 +310,8 @@ def test_state_names():
 # Every registered kind with its default options; the FWM once per implementation of its F recurrence.
 EVERY_CORE = {
     **{kind: (kind, {}) for kind in sorted(fwm_rl.CORE_CLASSES) if kind != "fwm"},
-    **{f"fwm-{recurrence}": ("fwm", dict(memory_size=d, recurrence=recurrence)) for recurrence in ("auto", "reference")},
+    **{f"fwm-{implementation}": ("fwm", dict(memory_size=d, recurrence=implementation))
+       for implementation in ("auto", "reference")},
 }
 
 

@@ -6,9 +6,10 @@ the torch and Python versions and the compile flags, under ``$FWM_RL_EXTENSIONS_
 ``make install``) builds it ahead of time, so later processes only load the compiled library; a process that finds
 no build compiles it once on first use. ``FWM_RL_NO_FUSED=1`` disables the kernel.
 
-The vector instruction set is the one PyTorch itself dispatches to on this CPU (``AVX512``, ``AVX2`` or none), not
-``-march=native``, and it is part of the cache key, so a cache shared by different machines never hands one a
-library built for instructions it lacks.
+One library serves every x86-64 CPU: it holds the kernel compiled for AVX-512, for AVX2 and for the baseline
+(``#pragma GCC target`` regions, not ``-march``), and at run time it takes the one PyTorch itself dispatches to
+(``torch.backends.cpu.get_cpu_capability()``, which ``ATEN_CPU_CAPABILITY`` overrides). A test run under each
+capability therefore checks each set of instructions, and none of them needs its own build.
 """
 from __future__ import annotations
 
@@ -25,16 +26,16 @@ from typing import NamedTuple, Optional
 import torch
 
 NAME = "fwm_fused"
-SOURCES = (Path(__file__).with_name("fwm_fused.cpp"),)
+# The binding and one translation unit per instruction set (ninja compiles them in parallel).
+SOURCES = tuple(Path(__file__).with_name(f"{name}.cpp")
+                for name in ("fwm_fused", "fwm_isa_avx512", "fwm_isa_avx2", "fwm_isa_baseline"))
+HEADERS = (Path(__file__).with_name("fwm_views.h"), Path(__file__).with_name("fwm_kernel.h"))
 DISABLE_ENV = "FWM_RL_NO_FUSED"
 CACHE_ENV = "FWM_RL_EXTENSIONS_DIR"
 LIBRARY_SUFFIX = ".pyd" if sys.platform == "win32" else ".so"
 
-# Flags per torch.backends.cpu.get_cpu_capability(); the AVX-512 set is the one PyTorch builds its own kernels with.
-ISA_FLAGS = {
-    "AVX512": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx2", "-mfma"],
-    "AVX2": ["-mavx2", "-mfma"],
-}
+# -ffp-contract=fast lets a·b + c become one fused multiply-add (ISO C++ mode turns contraction off).
+CFLAGS = ["-O3", "-fopenmp", "-ffp-contract=fast", "-Wno-psabi"]
 
 
 class ExtensionStatus(NamedTuple):
@@ -45,14 +46,14 @@ class ExtensionStatus(NamedTuple):
 
 
 def compile_flags() -> list[str]:
-    """C++ flags: -O3, OpenMP (for at::parallel_for) and the vector instruction set of this CPU."""
-    return ["-O3", "-fopenmp", *ISA_FLAGS.get(torch.backends.cpu.get_cpu_capability(), [])]
+    """C++ flags: -O3, OpenMP (for at::parallel_for), FMA contraction; the instruction sets are in the source."""
+    return list(CFLAGS)
 
 
 def build_directory() -> Path:
     """The cache directory of the build that matches this source, torch, Python and CPU."""
     key = hashlib.sha256()
-    for source in SOURCES:
+    for source in SOURCES + HEADERS:
         key.update(source.read_bytes())
     conditions = [torch.__version__, sys.version, sysconfig.get_platform(), str(torch._C._GLIBCXX_USE_CXX11_ABI)]
     key.update("\0".join(conditions + compile_flags()).encode())

@@ -7,7 +7,8 @@ vectors plus ``B·T/k`` copies of F (k ≥ √T) instead of several copies of F 
 from __future__ import annotations
 
 import math
-from typing import Any, Optional
+from types import ModuleType
+from typing import Any, NamedTuple, Optional
 
 import torch
 from torch import Tensor
@@ -16,26 +17,28 @@ from torch.autograd.function import once_differentiable
 from fwm_rl.fused.extension import load_extension
 
 SUPPORTED_DTYPES = (torch.float32, torch.float64)
-MAX_DIM = 128  # kMaxDim in fwm_fused.cpp
 # A segment of F recomputed in the backward should stay near a core's cache: about 1 MiB, and at least √T steps.
 SEGMENT_BYTES = 1 << 20
 
 
-def unsupported_reason(tensors: tuple[Tensor, ...], n_reads: int) -> Optional[str]:
+def unsupported_reason(inputs: NamedTuple, kernel: Optional[ModuleType]) -> Optional[str]:
     """Why the fused kernel cannot take these inputs (a device, a dtype, no reads, d > MAX_DIM), or None if it can.
 
-    :param tensors: the float inputs, keys_s ``[T, B, d]`` first
+    :param inputs: a ``RecurrenceInputs`` whose shapes have been checked
+    :param kernel: the loaded extension (for its ``MAX_DIM``), or None
     """
-    devices = sorted({str(t.device) for t in tensors})
-    dtypes = sorted({str(t.dtype) for t in tensors})
+    floats = inputs[:-1]
+    devices = sorted({str(t.device) for t in inputs})
+    dtypes = sorted({str(t.dtype) for t in floats})
     if devices != ["cpu"]:
         return f"inputs on {devices}; the fused kernel runs on CPU only"
-    if len(dtypes) > 1 or tensors[0].dtype not in SUPPORTED_DTYPES:
+    if len(dtypes) > 1 or floats[0].dtype not in SUPPORTED_DTYPES:
         return f"inputs of dtype {dtypes}; the fused kernel takes one dtype, float32 or float64"
+    n_reads, d = inputs.read_edges.shape[2], inputs.values.shape[2]
     if n_reads < 1:
         return f"N_r = {n_reads}; the fused kernel needs at least one read"
-    if tensors[0].shape[-1] > MAX_DIM:
-        return f"d = {tensors[0].shape[-1]}; the fused kernel takes d <= {MAX_DIM}"
+    if kernel is not None and d > kernel.MAX_DIM:
+        return f"d = {d}; the fused kernel takes d <= {kernel.MAX_DIM}"
     return None
 
 
@@ -47,58 +50,40 @@ def checkpoint_interval(steps: int, dim: int, itemsize: int) -> int:
 
 
 class FusedRecurrence(torch.autograd.Function):
-    """Autograd wrapper of the extension's forward and backward; inputs must be contiguous, starts bool."""
+    """Autograd wrapper of the extension's forward and backward over the fields of a ``RecurrenceInputs``."""
 
     @staticmethod
-    def forward(ctx: Any, keys_s: Tensor, keys_r: Tensor, values: Tensor, beta: Tensor, read_queries: Tensor,
-                read_edges: Tensor, fast_weights: Tensor, starts: Tensor, write_scale: float, eps: float
+    def forward(ctx: Any, make_inputs: Any, write_scale: float, eps: float, *tensors: Tensor
                 ) -> tuple[Tensor, Tensor]:
-        ext = load_extension().module
-        T, _, d = values.shape
-        every = checkpoint_interval(T, d, values.element_size())
+        inputs = make_inputs(tensors)
+        T, _, d = inputs.values.shape
+        every = checkpoint_interval(T, d, inputs.values.element_size())
         save = any(ctx.needs_input_grad)
-        reads, final, ckpt, vhat, norm, z = ext.forward(
-            keys_s, keys_r, values, beta, read_queries, read_edges, fast_weights, starts, write_scale, eps, every, save
-        )
+        reads, final, saved = load_extension().module.forward(inputs, write_scale, eps, every, save)
         if save:
-            ctx.save_for_backward(keys_s, keys_r, values, beta, read_queries, read_edges, fast_weights, starts, ckpt,
-                                  vhat, norm, z)
-            ctx.constants = (write_scale, eps, every)
+            ctx.save_for_backward(*inputs, *saved)
+            ctx.constants = (make_inputs, write_scale, eps, every)
         return reads, final
 
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, grad_reads: Optional[Tensor], grad_final: Optional[Tensor]) -> tuple[Optional[Tensor], ...]:
-        keys_s, keys_r, values, beta, read_queries, read_edges, fast_weights, starts, ckpt, vhat, norm, z = (
-            ctx.saved_tensors
-        )
-        write_scale, eps, every = ctx.constants
-        grad_reads = torch.zeros_like(values) if grad_reads is None else grad_reads.contiguous()
-        grad_final = torch.zeros_like(fast_weights) if grad_final is None else grad_final.contiguous()
-        grads = load_extension().module.backward(
-            grad_reads, grad_final, keys_s, keys_r, values, beta, read_queries, read_edges, fast_weights, starts,
-            write_scale, eps, every, ckpt, vhat, norm, z,
-        )
-        return (*(g if need else None for g, need in zip(grads, ctx.needs_input_grad)), None, None, None)
+        make_inputs, write_scale, eps, every = ctx.constants
+        n_inputs = len(ctx.needs_input_grad) - 3
+        inputs, saved = make_inputs(ctx.saved_tensors[:n_inputs]), list(ctx.saved_tensors[n_inputs:])
+        grad_reads = torch.zeros_like(inputs.values) if grad_reads is None else grad_reads.contiguous()
+        grad_final = torch.zeros_like(inputs.fast_weights) if grad_final is None else grad_final.contiguous()
+        grads = load_extension().module.backward(grad_reads, grad_final, inputs, saved, write_scale, eps, every)
+        needs = ctx.needs_input_grad[3:]
+        return (None, None, None, *(g if need else None for g, need in zip(grads, needs)), None)
 
 
-def fwm_recurrence_fused(
-    keys_s: Tensor,
-    keys_r: Tensor,
-    values: Tensor,
-    beta: Tensor,
-    read_queries: Tensor,
-    read_edges: Tensor,
-    fast_weights: Tensor,
-    episode_starts: Tensor,
-    write_scale: float,
-    eps: float,
-) -> tuple[Tensor, Tensor]:
+def fwm_recurrence_fused(inputs: NamedTuple, write_scale: float, eps: float) -> tuple[Tensor, Tensor]:
     """Fused FWM recurrence; the caller checks :func:`unsupported_reason` and that the extension loaded.
 
-    Shapes as in :func:`fwm_rl.recurrence.fwm_recurrence_reference`; ``eps`` is the LayerNorm epsilon.
+    :param inputs: a ``RecurrenceInputs`` (shapes as in :func:`fwm_rl.recurrence.fwm_recurrence_reference`)
+    :param eps: the LayerNorm epsilon
     """
-    inputs = (keys_s, keys_r, values, beta, read_queries, read_edges, fast_weights)
-    return FusedRecurrence.apply(
-        *(t.contiguous() for t in inputs), episode_starts.to(torch.bool).contiguous(), float(write_scale), float(eps)
-    )
+    *floats, starts = (t.contiguous() for t in inputs)
+    return FusedRecurrence.apply(type(inputs)._make, float(write_scale), float(eps), *floats,
+                                 starts.to(torch.bool).contiguous())

@@ -1,0 +1,11 @@
+// The FWM kernels of fwm_kernel.h compiled for AVX2; fwm_fused.cpp picks them when torch's CPU capability is AVX2.
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#pragma GCC target("avx2,fma")
+#define FWM_ISA avx2
+#define FWM_VEC_BYTES 32
+#include "fwm_kernel.h"

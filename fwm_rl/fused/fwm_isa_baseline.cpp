@@ -1,0 +1,10 @@
+// The FWM kernels of fwm_kernel.h compiled for the x86-64 baseline (SSE2); fwm_fused.cpp picks them when torch's CPU capability is DEFAULT.
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#define FWM_ISA baseline
+#define FWM_VEC_BYTES 16
+#include "fwm_kernel.h"

@@ -1,0 +1,57 @@
+// Shared by the binding (fwm_fused.cpp) and the per-instruction-set kernels (fwm_isa_*.cpp): the size limit, the
+// raw views of the inputs and outputs, and the entry points that each instruction set's kernel defines.
+#pragma once
+
+#include <cstdint>
+
+namespace fwm {
+
+constexpr int64_t kMaxDim = 128;  // largest d the kernels take (exported to Python as MAX_DIM)
+
+// Raw views of contiguous inputs: vectors [T, B, d], edges [T, B, N, d], beta and starts [T, B], F₀ [B, d, d, d].
+template <typename S>
+struct Views {
+  const S *keys_s, *keys_r, *values, *beta, *queries, *edges, *fast_weights;
+  const bool* starts;
+  int64_t T, B, d, n_reads, every;
+  S write_scale, eps;
+
+  int64_t at(int64_t t, int64_t b) const { return t * B + b; }
+  const S* vec(const S* base, int64_t t, int64_t b) const { return base + at(t, b) * d; }
+  const S* edge(int64_t t, int64_t b, int64_t i) const { return edges + (at(t, b) * n_reads + i) * d; }
+};
+
+// What the forward saves for the backward: padded checkpoints of F [B, n_ckpt, d·d·Dp], v̂ [T, B, d],
+// ‖G‖ [T, B], z [T, B, N, d].
+template <typename S>
+struct Saved {
+  S* ckpt;
+  int64_t n_ckpt;
+  S *vhat, *norm, *z;
+};
+
+// Gradients wrt the inputs, laid out as the inputs.
+template <typename S>
+struct Grads {
+  S *keys_s, *keys_r, *values, *beta, *queries, *edges, *fast_weights;
+};
+
+// Each instruction set's kernel (fwm_isa_<name>.cpp) runs batch rows [begin, end) of one call.
+#define FWM_DECLARE_ISA(ns)                                                                                         \
+  namespace ns {                                                                                                    \
+  void forward(const Views<float>& in, const Saved<float>& saved, float* reads, float* final, int64_t begin,       \
+               int64_t end);                                                                                        \
+  void forward(const Views<double>& in, const Saved<double>& saved, double* reads, double* final, int64_t begin,   \
+               int64_t end);                                                                                        \
+  void backward(const Views<float>& in, const Saved<float>& saved, const float* g_reads, const float* g_final,     \
+                const Grads<float>& grads, int64_t begin, int64_t end);                                             \
+  void backward(const Views<double>& in, const Saved<double>& saved, const double* g_reads, const double* g_final, \
+                const Grads<double>& grads, int64_t begin, int64_t end);                                            \
+  }
+
+FWM_DECLARE_ISA(avx512)
+FWM_DECLARE_ISA(avx2)
+FWM_DECLARE_ISA(baseline)
+#undef FWM_DECLARE_ISA
+
+}  // namespace fwm

@@ -34,6 +34,7 @@ namespace {
 //   Every other gradient follows in closed form from these d×d contractions.
 
 constexpr int kVecBytes = FWM_VEC_BYTES;
+#define FWM_UNROLL _Pragma("GCC unroll 8")
 
 template <typename S, int R>
 struct Kernel {
@@ -60,15 +61,21 @@ struct Kernel {
   // ----- rows -------------------------------------------------------------------------------------------------
   Row zero() const {
     Row x;
+    FWM_UNROLL
     for (int64_t r = 0; r < nv(); ++r) x.v[r] = V{};
     return x;
   }
+  // One memcpy per native vector (not one for the row), so that each stays in a register.
   Row load(const S* p) const {
     Row x;
-    std::memcpy(x.v, p, sizeof(V) * nv());
+    FWM_UNROLL
+    for (int64_t r = 0; r < nv(); ++r) std::memcpy(&x.v[r], p + r * L, sizeof(V));
     return x;
   }
-  void store(const Row& x, S* p) const { std::memcpy(p, x.v, sizeof(V) * nv()); }
+  void store(const Row& x, S* p) const {
+    FWM_UNROLL
+    for (int64_t r = 0; r < nv(); ++r) std::memcpy(p + r * L, &x.v[r], sizeof(V));
+  }
   // A d-long input vector, zero-padded.
   Row load_vec(const S* p) const {
     S buf[RC * L];
@@ -83,22 +90,27 @@ struct Kernel {
   }
   // x += a·y
   void fma(Row& x, S a, const Row& y) const {
+    FWM_UNROLL
     for (int64_t r = 0; r < nv(); ++r) x.v[r] += a * y.v[r];
   }
   // x += y ⊙ z
   void fma(Row& x, const Row& y, const Row& z) const {
+    FWM_UNROLL
     for (int64_t r = 0; r < nv(); ++r) x.v[r] += y.v[r] * z.v[r];
   }
   void add(Row& x, const Row& y) const {
+    FWM_UNROLL
     for (int64_t r = 0; r < nv(); ++r) x.v[r] += y.v[r];
   }
   Row scaled(const Row& x, S a) const {
     Row y;
+    FWM_UNROLL
     for (int64_t r = 0; r < nv(); ++r) y.v[r] = a * x.v[r];
     return y;
   }
   S hsum(const Row& x) const {
     V s = x.v[0];
+    FWM_UNROLL
     for (int64_t r = 1; r < nv(); ++r) s += x.v[r];
     S total = 0;
     for (int l = 0; l < L; ++l) total += s[l];

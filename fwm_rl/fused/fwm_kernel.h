@@ -518,13 +518,8 @@ struct Kernel {
         }
         const Row f = load(Ft + ab * Dp);
         Row p = scaled(load(prow), inv_c);
-        for (int64_t i = 0; i < N; ++i) {
-          if (i < n_gzc) {
-            fma(p, C[i * rows + ab], gzc[i]);
-          } else {
-            fma(p, C[i * rows + ab] * inv_c, load_vec(gz + i * d));
-          }
-        }
+        for (int64_t i = 0; i < n_gzc; ++i) fma(p, C[i * rows + ab], gzc[i]);
+        for (int64_t i = n_gzc; i < N; ++i) fma(p, C[i * rows + ab] * inv_c, load_vec(gz + i * d));
         fma(p, -gc, f);
         fma(p, K[ab], gvh_row);
         store(p, prow);

@@ -108,13 +108,29 @@ struct Kernel {
     for (int64_t r = 0; r < nv(); ++r) y.v[r] = a * x.v[r];
     return y;
   }
+  // Vectors of B bytes, for the halving reduction of hsum.
+  template <int B>
+  struct Vec {
+    typedef S type __attribute__((vector_size(B), aligned(sizeof(S))));
+  };
+  // Sum of the lanes of a B-byte vector: add its halves until one lane is left (log₂ L steps in registers, not a
+  // serial chain of L scalar additions).
+  template <int B>
+  static S reduce(const typename Vec<B>::type& v) {
+    if constexpr (B == int(sizeof(S))) {
+      return v[0];
+    } else {
+      typename Vec<B / 2>::type lo, hi;
+      std::memcpy(&lo, &v, B / 2);
+      std::memcpy(&hi, reinterpret_cast<const char*>(&v) + B / 2, B / 2);
+      return reduce<B / 2>(lo + hi);
+    }
+  }
   S hsum(const Row& x) const {
     V s = x.v[0];
     FWM_UNROLL
     for (int64_t r = 1; r < nv(); ++r) s += x.v[r];
-    S total = 0;
-    for (int l = 0; l < L; ++l) total += s[l];
-    return total;
+    return reduce<kVecBytes>(s);
   }
   S dot(const Row& x, const Row& y) const {
     Row p = zero();

@@ -102,15 +102,17 @@ def run_case(config_name: str, case: str, repeats: int) -> dict:
                 raise AssertionError(f"official-style loop differs from the fwm core by {check:.2e}")
             model = lambda: naive(x)  # noqa: E731
     baseline = current_rss_kib()
-    times = []
+    times, cpu_times = [], []
     for i in range(repeats + 1):
         core.zero_grad(set_to_none=True)
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         model().sum().backward()
         if i > 0:
             times.append(time.perf_counter() - start)
+            cpu_times.append(time.process_time() - cpu_start)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
-    return dict(seconds=statistics.median(times), peak_mib=(peak - baseline) / 1024, check=check)
+    return dict(seconds=statistics.median(times), cpu_seconds=statistics.median(cpu_times),
+                peak_mib=(peak - baseline) / 1024, check=check)
 
 
 def measure(config_name: str, case: str, repeats: int, threads: Optional[int]) -> dict:
@@ -146,21 +148,26 @@ def main() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs; "
           f"median of {args.repeats} timed forward+backward iterations after 1 warm-up; peak memory = peak RSS of a "
           f"fresh process minus its RSS after set-up\n")
-    print("| config | core | s / iter | tokens / s | slower than nn.LSTM | peak memory (MiB) |")
-    print("|---|---|---:|---:|---:|---:|")
+    print("CPU s is the process's CPU time (all its threads), steadier than wall time on a shared machine.\n")
+    print("| config | core | s / iter | CPU s / iter | tokens / s | slower than nn.LSTM "
+          "| faster than fwm-naive (wall, CPU) | peak memory (MiB) |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
     for config_name in configs:
         cfg = CONFIGS[config_name]
         tokens = cfg["batch"] * cfg["steps"]
-        lstm_rate = None
+        lstm_rate = naive = None
         for case in cases:
             result = measure(config_name, case, args.repeats, args.threads)
             rate = tokens / result["seconds"]
             lstm_rate = rate if case == "lstm" else lstm_rate
+            naive = result if case == "fwm-naive" else naive
             ratio = f"{lstm_rate / rate:.1f}×" if lstm_rate else "–"
+            speedup = (f"{naive['seconds'] / result['seconds']:.1f}×, {naive['cpu_seconds'] / result['cpu_seconds']:.1f}×"
+                       if naive and case.startswith("fwm") else "–")
             label = case if result["check"] is None else f"{case} (matches fwm, max diff {result['check']:.1e})"
             print(f"| {config_name} (B {cfg['batch']}, T {cfg['steps']}, H {cfg['hidden']}, d {cfg['memory']}) "
-                  f"| {label} | {result['seconds']:.3f} | {rate:,.0f} | {ratio} | {result['peak_mib']:,.0f} |",
-                  flush=True)
+                  f"| {label} | {result['seconds']:.3f} | {result['cpu_seconds']:.3f} | {rate:,.0f} | {ratio} "
+                  f"| {speedup} | {result['peak_mib']:,.0f} |", flush=True)
 
 
 if __name__ == "__main__":

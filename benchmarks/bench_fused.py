@@ -1,14 +1,20 @@
 """Fused FWM recurrence vs the PyTorch reference vs a per-step loop in the official code's style, on CPU.
 
 For each configuration: forward+backward wall time (median and min over repeats), tokens/s (B·T per second),
-achieved GFLOP/s of a nominal 3·(6 + 2·N_r)·d³ FLOPs per token (forward (6 + 2·N_r)·d³: retrieval, update and norm
-2d³ each, 2d³ per read; backward counted as twice the forward), that rate as a fraction of this machine's sgemm rate
-(a large ``torch.mm``, measured here), and the activation memory: the peak resident memory during one
-forward+backward minus the resident memory before it, in a fresh process (Linux ``/proc/self/status`` VmHWM, reset
-through ``/proc/self/clear_refs``).
+achieved GFLOP/s of 6·(2 + N_r)·d³ FLOPs per token (forward: one contraction for the old value, one rank-1
+update and N_r reads, d³ multiply-adds each; the backward counted as twice the forward), that rate as a share of
+this machine's sgemm rate (float32 ``torch.mm`` of 2048² matrices, best of rounds interleaved with the timed runs,
+so both see the same load), and the activation memory: the peak resident memory during one forward+backward minus
+the resident memory before it, in a fresh process (Linux ``/proc/self/status`` VmHWM, reset through
+``/proc/self/clear_refs``).
+
+``--float32-error`` instead measures how far float32 runs of the reference and of the kernel are from float64, over
+many seeds (the measurement behind the float32 bound of ``tests/test_fused.py``); run it under each
+``ATEN_CPU_CAPABILITY``.
 
     .venv/bin/python benchmarks/bench_fused.py                      # both configurations, all implementations
-    .venv/bin/python benchmarks/bench_fused.py --configs meta_rl --repeats 9 --json out.json
+    .venv/bin/python benchmarks/bench_fused.py --configs meta_rl --implementations fused --repeats 9
+    ATEN_CPU_CAPABILITY=avx2 .venv/bin/python benchmarks/bench_fused.py --float32-error --seeds 100
 """
 from __future__ import annotations
 
@@ -27,7 +33,7 @@ import torch.nn.functional as nnf
 from torch import Tensor
 
 from fwm_rl.fused import load_extension
-from fwm_rl.recurrence import LAYER_NORM_EPS, fwm_recurrence
+from fwm_rl.recurrence import LAYER_NORM_EPS, RecurrenceInputs, fwm_recurrence
 
 
 @dataclass(frozen=True)
@@ -48,14 +54,11 @@ CONFIGS = {
 }
 
 
-def official_style_loop(
-    keys_s: Tensor, keys_r: Tensor, values: Tensor, beta: Tensor, read_queries: Tensor, read_edges: Tensor,
-    fast_weights: Tensor, episode_starts: Tensor, write_scale: float,
-) -> tuple[Tensor, Tensor]:
+def official_style_loop(inputs: RecurrenceInputs, write_scale: float) -> tuple[Tensor, Tensor]:
     """A per-step loop shaped like the official FWM cells: einsum retrieval and update of F [B, d, d, d], the norm
     clamp as relu(‖F‖ − 1) + 1, einsum reads with a functional LayerNorm; same arguments as the reference."""
+    keys_s, keys_r, values, beta, read_queries, read_edges, F, episode_starts = inputs
     T, B, d = values.shape
-    F = fast_weights
     reads = []
     for t in range(T):
         F = F * (1.0 - episode_starts[t].to(F.dtype))[:, None, None, None]
@@ -72,8 +75,8 @@ def official_style_loop(
 
 
 IMPLEMENTATIONS: dict[str, Callable[..., tuple[Tensor, Tensor]]] = {
-    "fused": lambda *args: fwm_recurrence(*args, implementation="fused"),
-    "reference": lambda *args: fwm_recurrence(*args, implementation="reference"),
+    "fused": lambda inputs, scale: fwm_recurrence(inputs, scale, implementation="fused"),
+    "reference": lambda inputs, scale: fwm_recurrence(inputs, scale, implementation="reference"),
     "official-style loop": official_style_loop,
 }
 
@@ -100,7 +103,7 @@ def forward_backward(fn: Callable[..., tuple[Tensor, Tensor]], tensors: list[Ten
                      write_scale: float) -> None:
     """One forward+backward with gradients to every input, F₀ included, and on the final F."""
     inputs = [t.detach().requires_grad_() for t in tensors]
-    reads, final = fn(*inputs, starts, write_scale)
+    reads, final = fn(RecurrenceInputs(*inputs, starts), write_scale)
     (reads.sum() + final.square().sum()).backward()
 
 
@@ -135,25 +138,33 @@ def activation_mib(config_name: str, name: str) -> Optional[float]:
     return None if before is None or peak is None else peak - before
 
 
-def sgemm_gflops(n: int = 4096, repeats: int = 5) -> float:
-    """Best-of-``repeats`` float32 ``torch.mm`` rate on n×n matrices, GFLOP/s."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    torch.mm(a, b)
-    best = float("inf")
-    for _ in range(repeats):
+class Sgemm:
+    """Float32 ``torch.mm`` rate on n×n matrices, GFLOP/s: the best of all rounds, which :func:`bench` interleaves
+    with its timed runs."""
+
+    def __init__(self, n: int = 2048) -> None:
+        self.a, self.b, self.n = torch.randn(n, n), torch.randn(n, n), n
+        torch.mm(self.a, self.b)
+        self.best = float("inf")
+
+    def round(self) -> None:
         start = time.perf_counter()
-        torch.mm(a, b)
-        best = min(best, time.perf_counter() - start)
-    return 2 * n**3 / best / 1e9
+        torch.mm(self.a, self.b)
+        self.best = min(self.best, time.perf_counter() - start)
+
+    @property
+    def gflops(self) -> float:
+        return 2 * self.n**3 / self.best / 1e9
 
 
 def nominal_gflop(config: Config) -> float:
-    """3·(6 + 2·N_r)·d³ FLOPs per token (see the module docstring), in GFLOP."""
-    return 3 * (6 + 2 * config.n_reads) * config.dim**3 * config.batch * config.steps / 1e9
+    """6·(2 + N_r)·d³ FLOPs per token (see the module docstring), in GFLOP."""
+    return 6 * (2 + config.n_reads) * config.dim**3 * config.batch * config.steps / 1e9
 
 
-def bench(config: Config, name: str, repeats: int, sgemm: float) -> dict:
-    """Time ``repeats`` forward+backward runs of one implementation after a warm-up run; measure its memory."""
+def bench(config: Config, name: str, repeats: int, sgemm: Sgemm) -> dict:
+    """Time ``repeats`` forward+backward runs of one implementation after a warm-up run, each followed by an
+    sgemm round; measure its memory in a fresh process."""
     fn = IMPLEMENTATIONS[name]
     tensors, starts = make_inputs(config)
     with multiprocessing.get_context("spawn").Pool(1) as pool:
@@ -164,43 +175,81 @@ def bench(config: Config, name: str, repeats: int, sgemm: float) -> dict:
         start = time.perf_counter()
         forward_backward(fn, tensors, starts, config.write_scale)
         times.append(time.perf_counter() - start)
+        sgemm.round()
     median = statistics.median(times)
     gflops = nominal_gflop(config) / median
     return {
         "config": config.name, "implementation": name, "median_ms": 1e3 * median, "min_ms": 1e3 * min(times),
-        "tokens_per_s": config.batch * config.steps / median, "gflops": gflops, "sgemm_fraction": gflops / sgemm,
-        "activation_mib": memory, "repeats": repeats,
+        "tokens_per_s": config.batch * config.steps / median, "gflops": gflops,
+        "best_gflops": nominal_gflop(config) / min(times), "activation_mib": memory, "repeats": repeats,
     }
+
+
+def float32_error(seeds: int) -> None:
+    """Print the worst relative error (max |float32 − float64| over the largest |float64|, per output) of the
+    float32 reference and kernel over ``seeds`` inputs per d, as in tests/test_fused.py."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from test_fused import GRAD_NAMES, make_inputs as test_inputs, run_with_grads
+
+    print(f"capability {torch.backends.cpu.get_cpu_capability()}, T 16, B 2, N_r 3, {seeds} seeds per d")
+    for d in (6, 16, 32):
+        for name in ("reference", "fused"):
+            worst = dict.fromkeys(("reads", "final F", *GRAD_NAMES), 0.0)
+            for seed in range(seeds):
+                tensors, starts = test_inputs(T=16, B=2, d=d, n_reads=3, seed=seed)
+                exact = run_with_grads("reference", tensors, starts, 1 / d)
+                got = run_with_grads(name, [t.float() for t in tensors], starts, 1 / d)
+                for key, a, e in zip(worst, got, exact):
+                    err = (a.double() - e).abs().max().item() / max(e.abs().max().item(), 1e-3)
+                    worst[key] = max(worst[key], err)
+            top = max(worst, key=worst.get)
+            print(f"d {d:2d} {name:9s} worst {worst[top]:.2e} ({top}); " +
+                  ", ".join(f"{k} {v:.1e}" for k, v in worst.items()), flush=True)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
     parser.add_argument("--implementations", nargs="+", default=list(IMPLEMENTATIONS), choices=list(IMPLEMENTATIONS))
-    parser.add_argument("--repeats", type=int, default=5, help="timed forward+backward runs per cell (after a warm-up)")
+    parser.add_argument("--repeats", type=int, default=7, help="timed forward+backward runs per cell (after a warm-up)")
     parser.add_argument("--json", help="also write the rows to this JSON file")
+    parser.add_argument("--float32-error", action="store_true", help="measure float32 error instead of speed")
+    parser.add_argument("--seeds", type=int, default=100, help="inputs per d for --float32-error")
     args = parser.parse_args()
+    if args.float32_error:
+        float32_error(args.seeds)
+        return
 
-    sgemm = sgemm_gflops()
+    sgemm = Sgemm()
     cpu = platform.processor() or platform.machine()
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {cpu}, sgemm {sgemm:.0f} GFLOP/s, "
+    kernel = load_extension().module
+    isa = kernel.instruction_set() if kernel is not None else "unavailable"
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {cpu}, kernel {isa}, "
           f"load average {os.getloadavg()[0]:.1f}")
-    print("| config | implementation | fwd+bwd median (min) ms | tokens/s | GFLOP/s | of sgemm | activation MiB |")
-    print("|---|---|---|---|---|---|---|")
     rows = []
     for config_name in args.configs:
-        config = CONFIGS[config_name]
         for name in args.implementations:
-            row = bench(config, name, args.repeats, sgemm)
-            rows.append(row)
-            memory = "n/a" if row["activation_mib"] is None else f"{row['activation_mib']:.0f}"
-            print(f"| {config.name} (B {config.batch}, T {config.steps}, d {config.dim}, N_r {config.n_reads}) | "
-                  f"{name} | {row['median_ms']:.1f} ({row['min_ms']:.1f}) | {row['tokens_per_s']:.3g} | "
-                  f"{row['gflops']:.1f} | {100 * row['sgemm_fraction']:.1f}% | {memory} |", flush=True)
-    print(f"load average at the end {os.getloadavg()[0]:.1f}")
+            rows.append(bench(CONFIGS[config_name], name, args.repeats, sgemm))
+    print(f"sgemm (2048², best of {len(rows) * args.repeats} rounds interleaved with the runs) {sgemm.gflops:.0f} "
+          f"GFLOP/s; load average at the end {os.getloadavg()[0]:.1f}")
+    print("| config | implementation | fwd+bwd median (min) ms | tokens/s | GFLOP/s median (best) "
+          "| % of sgemm median (best) | activation MiB |")
+    print("|---|---|---|---|---|---|---|")
+    for row in rows:
+        config = CONFIGS[row["config"]]
+        row["sgemm_gflops"] = sgemm.gflops
+        row["sgemm_fraction"] = row["gflops"] / sgemm.gflops
+        memory = "n/a" if row["activation_mib"] is None else f"{row['activation_mib']:.0f}"
+        print(f"| {config.name} (B {config.batch}, T {config.steps}, d {config.dim}, N_r {config.n_reads}) | "
+              f"{row['implementation']} | {row['median_ms']:.1f} ({row['min_ms']:.1f}) | {row['tokens_per_s']:.3g} | "
+              f"{row['gflops']:.1f} ({row['best_gflops']:.1f}) | {100 * row['sgemm_fraction']:.1f}% "
+              f"({100 * row['best_gflops'] / sgemm.gflops:.1f}%) | {memory} |")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"sgemm_gflops": sgemm, "threads": torch.get_num_threads(), "rows": rows}, f, indent=1)
+            json.dump({"sgemm_gflops": sgemm.gflops, "threads": torch.get_num_threads(), "rows": rows}, f, indent=1)
 
 
 if __name__ == "__main__":

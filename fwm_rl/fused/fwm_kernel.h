@@ -34,6 +34,7 @@ namespace {
 //   Every other gradient follows in closed form from these d×d contractions.
 
 constexpr int kVecBytes = FWM_VEC_BYTES;
+#define FWM_UNROLL _Pragma("GCC unroll 8")
 
 template <typename S, int R>
 struct Kernel {
@@ -60,15 +61,21 @@ struct Kernel {
   // ----- rows -------------------------------------------------------------------------------------------------
   Row zero() const {
     Row x;
+    FWM_UNROLL
     for (int64_t r = 0; r < nv(); ++r) x.v[r] = V{};
     return x;
   }
+  // One memcpy per native vector (not one for the row), so that each stays in a register.
   Row load(const S* p) const {
     Row x;
-    std::memcpy(x.v, p, sizeof(V) * nv());
+    FWM_UNROLL
+    for (int64_t r = 0; r < nv(); ++r) std::memcpy(&x.v[r], p + r * L, sizeof(V));
     return x;
   }
-  void store(const Row& x, S* p) const { std::memcpy(p, x.v, sizeof(V) * nv()); }
+  void store(const Row& x, S* p) const {
+    FWM_UNROLL
+    for (int64_t r = 0; r < nv(); ++r) std::memcpy(p + r * L, &x.v[r], sizeof(V));
+  }
   // A d-long input vector, zero-padded.
   Row load_vec(const S* p) const {
     S buf[RC * L];
@@ -83,26 +90,47 @@ struct Kernel {
   }
   // x += a·y
   void fma(Row& x, S a, const Row& y) const {
+    FWM_UNROLL
     for (int64_t r = 0; r < nv(); ++r) x.v[r] += a * y.v[r];
   }
   // x += y ⊙ z
   void fma(Row& x, const Row& y, const Row& z) const {
+    FWM_UNROLL
     for (int64_t r = 0; r < nv(); ++r) x.v[r] += y.v[r] * z.v[r];
   }
   void add(Row& x, const Row& y) const {
+    FWM_UNROLL
     for (int64_t r = 0; r < nv(); ++r) x.v[r] += y.v[r];
   }
   Row scaled(const Row& x, S a) const {
     Row y;
+    FWM_UNROLL
     for (int64_t r = 0; r < nv(); ++r) y.v[r] = a * x.v[r];
     return y;
   }
+  // Vectors of B bytes, for the halving reduction of hsum.
+  template <int B>
+  struct Vec {
+    typedef S type __attribute__((vector_size(B), aligned(sizeof(S))));
+  };
+  // Sum of the lanes of a B-byte vector: add its halves until one lane is left (log₂ L steps in registers, not a
+  // serial chain of L scalar additions).
+  template <int B>
+  static S reduce(const typename Vec<B>::type& v) {
+    if constexpr (B == int(sizeof(S))) {
+      return v[0];
+    } else {
+      typename Vec<B / 2>::type lo, hi;
+      std::memcpy(&lo, &v, B / 2);
+      std::memcpy(&hi, reinterpret_cast<const char*>(&v) + B / 2, B / 2);
+      return reduce<B / 2>(lo + hi);
+    }
+  }
   S hsum(const Row& x) const {
     V s = x.v[0];
+    FWM_UNROLL
     for (int64_t r = 1; r < nv(); ++r) s += x.v[r];
-    S total = 0;
-    for (int l = 0; l < L; ++l) total += s[l];
-    return total;
+    return reduce<kVecBytes>(s);
   }
   S dot(const Row& x, const Row& y) const {
     Row p = zero();
@@ -506,13 +534,8 @@ struct Kernel {
         }
         const Row f = load(Ft + ab * Dp);
         Row p = scaled(load(prow), inv_c);
-        for (int64_t i = 0; i < N; ++i) {
-          if (i < n_gzc) {
-            fma(p, C[i * rows + ab], gzc[i]);
-          } else {
-            fma(p, C[i * rows + ab] * inv_c, load_vec(gz + i * d));
-          }
-        }
+        for (int64_t i = 0; i < n_gzc; ++i) fma(p, C[i * rows + ab], gzc[i]);
+        for (int64_t i = n_gzc; i < N; ++i) fma(p, C[i * rows + ab] * inv_c, load_vec(gz + i * d));
         fma(p, -gc, f);
         fma(p, K[ab], gvh_row);
         store(p, prow);

@@ -6,17 +6,16 @@ A2C is PPO with one epoch over one full batch and no clipping (the ratio is 1): 
 from __future__ import annotations
 
 import math
-from typing import Any, Optional, TypeVar, Union
+from typing import Any, Optional, Union
 
 import torch as th
-from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, Schedule
+from stable_baselines3.common.type_aliases import GymEnv, Schedule
 from torch.nn import functional as F
 
 from fwm_rl.agents.checks import check_in_range
 from fwm_rl.agents.policies import CorePolicy
 from fwm_rl.agents.ppo import RecurrentPPO
 
-SelfRecurrentA2C = TypeVar("SelfRecurrentA2C", bound="RecurrentA2C")
 
 
 def paper_a2c_kwargs() -> dict[str, Any]:
@@ -68,6 +67,8 @@ class RecurrentA2C(RecurrentPPO):
 
     See :class:`~fwm_rl.agents.RecurrentPPO` for the other parameters.
     """
+
+    default_log_interval = 100  # SB3's A2C
 
     def __init__(
         self,
@@ -143,21 +144,3 @@ class RecurrentA2C(RecurrentPPO):
         self.logger.record("train/entropy_loss", entropy_loss.item())
         self.logger.record("train/policy_loss", policy_loss.item())
         self.logger.record("train/value_loss", value_loss.item())
-
-    def learn(
-        self: SelfRecurrentA2C,
-        total_timesteps: int,
-        callback: MaybeCallback = None,
-        log_interval: int = 100,
-        tb_log_name: str = "RecurrentA2C",
-        reset_num_timesteps: bool = True,
-        progress_bar: bool = False,
-    ) -> SelfRecurrentA2C:
-        return super().learn(
-            total_timesteps=total_timesteps,
-            callback=callback,
-            log_interval=log_interval,
-            tb_log_name=tb_log_name,
-            reset_num_timesteps=reset_num_timesteps,
-            progress_bar=progress_bar,
-        )

@@ -78,6 +78,7 @@ class RecurrentPPO(OnPolicyAlgorithm):
     See ``sb3_contrib.RecurrentPPO`` for the other parameters.
     """
 
+    default_log_interval: ClassVar[int] = 1  # rollouts between log dumps (sb3-contrib's RecurrentPPO: 1)
     policy: CorePolicy
     rollout_buffer: Union[TrajectoryRolloutBuffer, TrajectoryDictRolloutBuffer]
     policy_aliases: ClassVar[dict[str, type[BasePolicy]]] = {
@@ -307,16 +308,18 @@ class RecurrentPPO(OnPolicyAlgorithm):
         self: SelfRecurrentPPO,
         total_timesteps: int,
         callback: MaybeCallback = None,
-        log_interval: int = 1,
-        tb_log_name: str = "RecurrentPPO",
+        log_interval: Optional[int] = None,
+        tb_log_name: Optional[str] = None,
         reset_num_timesteps: bool = True,
         progress_bar: bool = False,
     ) -> SelfRecurrentPPO:
+        """SB3's ``learn``; ``log_interval`` defaults to the class's ``default_log_interval`` and ``tb_log_name``
+        to the class name."""
         return super().learn(
             total_timesteps=total_timesteps,
             callback=callback,
-            log_interval=log_interval,
-            tb_log_name=tb_log_name,
+            log_interval=self.default_log_interval if log_interval is None else log_interval,
+            tb_log_name=type(self).__name__ if tb_log_name is None else tb_log_name,
             reset_num_timesteps=reset_num_timesteps,
             progress_bar=progress_bar,
         )

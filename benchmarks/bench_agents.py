@@ -6,7 +6,9 @@ Contestants (one process, run in turn on the same env, one torch thread by defau
 * ``ours-fwm``:       our ``RecurrentPPO("MlpFwmPolicy")`` with FWM-32-16 at our defaults;
 * ``sb3c-lstm-same``: sb3-contrib + LSTM 256 at ``--batch-size`` / ``--n-epochs``;
 * ``ours-lstm-same``: ours + LSTM 256 (``"MlpLstmPolicy"``) at the same hyperparameters;
-* ``ours-a2c``:       our ``RecurrentA2C`` with :func:`paper_a2c_kwargs` (the FWM paper's learner), for reference.
+* ``ours-a2c``:       our ``RecurrentA2C`` with :func:`paper_a2c_kwargs` (the FWM paper's learner), for reference;
+* ``ours-fwm-sep``, ``ours-lstm-same-sep``: ablations of ``ours-fwm`` / ``ours-lstm-same`` with the defaults before
+  issue 17's changes: a separate critic core and a per-tensor (not fused) optimizer.
 
 Targets: ``ours-fwm / sb3c-lstm >= 10`` and ``ours-lstm-same / sb3c-lstm-same >= 10``. Both libraries' defaults
 are n_epochs 10 and a separate critic core with (64, 64) MLPs; sb3-contrib's batch_size is 128 transitions (padded
@@ -33,7 +35,9 @@ from fwm_rl.agents import RecurrentA2C, RecurrentPPO, paper_a2c_kwargs
 from fwm_rl.envs import make_vec_env
 
 FWM_32_16 = dict(core="fwm", hidden_size=32, core_kwargs=dict(preset="rl", memory_size=16))
-TARGETS = (("ours-fwm", "sb3c-lstm"), ("ours-lstm-same", "sb3c-lstm-same"))
+SEPARATE = dict(critic="separate", optimizer_kwargs=dict(foreach=False))  # the defaults before issue 17
+TARGETS = (("ours-fwm", "sb3c-lstm"), ("ours-lstm-same", "sb3c-lstm-same"), ("ours-fwm-sep", "sb3c-lstm"),
+           ("ours-lstm-same-sep", "sb3c-lstm-same"))
 
 
 def contestants(args: argparse.Namespace) -> dict[str, Callable[[Any], Any]]:
@@ -45,6 +49,9 @@ def contestants(args: argparse.Namespace) -> dict[str, Callable[[Any], Any]]:
         "sb3c-lstm-same": lambda env: sb3_contrib.RecurrentPPO("MlpLstmPolicy", env, **same),
         "ours-lstm-same": lambda env: RecurrentPPO("MlpLstmPolicy", env, **same),
         "ours-a2c": lambda env: RecurrentA2C("MlpFwmPolicy", env, seed=0, device="cpu", **paper_a2c_kwargs()),
+        "ours-fwm-sep": lambda env: RecurrentPPO("MlpFwmPolicy", env, policy_kwargs={**FWM_32_16, **SEPARATE},
+                                                 **common),
+        "ours-lstm-same-sep": lambda env: RecurrentPPO("MlpLstmPolicy", env, policy_kwargs=SEPARATE, **same),
     }
 
 

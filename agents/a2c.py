@@ -19,7 +19,7 @@ from fwm_rl.agents.ppo import RecurrentPPO
 
 
 def paper_a2c_kwargs() -> dict[str, Any]:
-    """Constructor kwargs for the FWM paper's meta-RL learner (spec fwm.md §2.3), for ``RecurrentA2C``.
+    """Constructor kwargs for the FWM paper's meta-RL learner (docs/sources.md, "The paper's meta-RL learner"), for ``RecurrentA2C``.
 
     600 envs (pass a 600-env vec env) x 30 steps per update = one whole 30-step episode per env, full BPTT through it;
     Monte-Carlo returns (``gae_lambda=1``, no bootstrap at the 30-step truncation); gamma 0.9, value 0.1, entropy

@@ -143,12 +143,6 @@ def run_rnn(rnn: nn.RNNBase, x: Tensor, state: State, episode_starts: Tensor) ->
     return torch.cat(outputs, dim=0), state
 
 
-def run_lstm(lstm: nn.LSTM, x: Tensor, h: Tensor, c: Tensor, episode_starts: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """:func:`run_rnn` for an ``nn.LSTM`` with ``h, c [B, H]``; returns ``y [T, B, H]``, ``h``, ``c``."""
-    y, (h, c) = run_rnn(lstm, x, (h, c), episode_starts)
-    return y, h, c
-
-
 def check_real(kind: str, name: str, value: float, low: float = -math.inf, high: float = math.inf) -> None:
     """Raise ``ValueError`` unless ``value`` is a finite real number in ``[low, high]``."""
     is_real = isinstance(value, (int, float)) and not isinstance(value, bool)

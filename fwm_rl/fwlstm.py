@@ -1,6 +1,6 @@
 """``lnlstm`` and ``fwlstm``: the layer-normalised LSTM and its fast-weight version (Keller, Nittur Sridhar & Wang 2018).
 
-Both share one cell, the form of the FW-LSTM paper's figure (spec fwlstm.md §2.2); the LN-LSTM is that cell with the
+Both share one cell, the form of the FW-LSTM paper's figure (docs/sources.md, "FW-LSTM"); the LN-LSTM is that cell with the
 fast weights A ≡ 0. Per step t (gate order i, f, o, g; one LayerNorm over all 4H pre-activations)::
 
     [î; f̂; ô; ĝ] = LN₁(W_x x_t + b + W_h h_{t-1})

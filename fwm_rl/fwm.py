@@ -23,7 +23,7 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from fwm_rl.core import MemoryCore, State, StateSpec, check_positive, check_real, run_lstm
+from fwm_rl.core import MemoryCore, State, StateSpec, check_positive, check_real, run_rnn
 from fwm_rl.recurrence import IMPLEMENTATIONS, RecurrenceInputs, fwm_recurrence
 
 # β = σ(a_β + BETA_OFFSET): the official code biases every write towards "on".
@@ -32,7 +32,7 @@ BETA_OFFSET = 1.0
 
 @dataclass(frozen=True)
 class FWMPreset:
-    """The settings in which the three official FWM code bases differ (spec fwm.md §1.6)."""
+    """The settings in which the three official FWM code bases differ (docs/sources.md, "FWM settings per code base")."""
 
     memory_size: int
     """d = d_s = d_r = d_t."""
@@ -163,7 +163,7 @@ class FWMCore(MemoryCore):
         h0, c0, F0 = state
         T, B, _ = x.shape
         d, n_reads = self.memory_size, self.n_reads
-        h_seq, h, c = run_lstm(self.lstm, x, h0, c0, episode_starts)  # h_seq [T, B, H]
+        h_seq, (h, c) = run_rnn(self.lstm, x, (h0, c0), episode_starts)  # h_seq [T, B, H]
         keys_s, keys_r, values, beta_pre = self.write_proj(h_seq).split([d, d, d, 1], dim=-1)
         beta = torch.sigmoid(beta_pre.squeeze(-1) + BETA_OFFSET)  # [T, B]
         queries, edges = self.read_proj(h_seq).split([d, n_reads * d], dim=-1)

@@ -1,7 +1,7 @@
 """``fwrnn``: the fast-weight RNN of Ba, Hinton, Mnih, Leibo & Ionescu, "Using Fast Weights to Attend to the Recent
 Past" (NIPS 2016), behind the memory-core API.
 
-Per step t, with the slow term z held fixed during the S inner steps (spec fwlstm.md §1.1)::
+Per step t, with the slow term z held fixed during the S inner steps (docs/sources.md, "Fast weights")::
 
     A_t  = λ A_{t-1} + η h_{t-1} h_{t-1}ᵀ          (writes the previous final hidden state, as Ba et al.)
     z    = W h_{t-1} + C x_t + b

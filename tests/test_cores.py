@@ -27,7 +27,7 @@ def float64_tol(steps: int) -> float:
     """
     return 100 * steps * d ** 3 * torch.finfo(torch.float64).eps
 
-# Each code base's FWM cell, written out from spec fwm.md §1.6 (not read from the package).
+# Each code base's FWM cell, written out from docs/sources.md ("FWM settings per code base") (not read from the package).
 FWM_SPEC = {
     "catbabi": dict(memory_size=32, write_scale="1/d", tanh_query=False, tanh_edges=True, residual=False),
     "lm": dict(memory_size=32, write_scale=1.0, tanh_query=True, tanh_edges=True, residual=True),
@@ -159,9 +159,9 @@ def test_fwm_parameter_counts_match_the_official_models():
     def count(module: torch.nn.Module) -> int:
         return sum(p.numel() for p in module.parameters())
 
-    # spec fwm.md §1.6: the meta-RL agent has 10,933 parameters, 132 of them in its policy (32→3) and value (32→1) heads
+    # docs/sources.md ("FWM settings per code base"): the meta-RL agent has 10,933 parameters, 132 of them in its policy (32→3) and value (32→1) heads
     assert count(build_core("fwm", 17, 32, preset="rl")) == 10_933 - (32 * 3 + 3) - (32 + 1)
-    # spec fwm.md §1.6: the FWM adds 103,425 parameters to the top 400-unit layer of the AWD-LSTM language model
+    # docs/sources.md ("FWM settings per code base"): the FWM adds 103,425 parameters to the top 400-unit layer of the AWD-LSTM language model
     lm = build_core("fwm", 1150, 400, preset="lm")
     assert count(lm) - count(lm.lstm) == 103_425
 

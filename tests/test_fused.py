@@ -298,6 +298,20 @@ def test_build_ext_exits_zero_without_a_compiler(tmp_path):
     assert "could not build" in result.stdout
 
 
+
+def test_a_build_left_half_done_by_a_killed_process_does_not_make_the_next_build_wait_forever(tmp_path, monkeypatch):
+    from fwm_rl.fused.extension import build_directory
+
+    monkeypatch.setenv("FWM_RL_EXTENSIONS_DIR", str(tmp_path))
+    stale = build_directory()
+    stale.mkdir(parents=True)
+    (stale / "lock").touch()  # torch's build baton, as a build killed mid-compile leaves it
+    env = {**os.environ, "FWM_RL_EXTENSIONS_DIR": str(tmp_path), "CXX": str(tmp_path / "no-such-compiler")}
+    result = subprocess.run([sys.executable, "-m", "fwm_rl.build_ext"], env=env, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "could not build" in result.stdout
+
 # ----- Checked entry points: every malformed call to the kernel's exported functions raises, naming the argument.
 IN_SUBPROCESS = "FWM_RL_MALFORMED_CALLS"
 INPUT_LAYOUTS = {"keys_s": "TBd", "keys_r": "TBd", "values": "TBd", "beta": "TB", "read_queries": "TBd",

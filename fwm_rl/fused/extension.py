@@ -13,6 +13,7 @@ capability therefore checks each set of instructions, and none of them needs its
 """
 from __future__ import annotations
 
+import fcntl
 import functools
 import hashlib
 import importlib.util
@@ -33,6 +34,7 @@ HEADERS = (Path(__file__).with_name("fwm_views.h"), Path(__file__).with_name("fw
 DISABLE_ENV = "FWM_RL_NO_FUSED"
 CACHE_ENV = "FWM_RL_EXTENSIONS_DIR"
 LIBRARY_SUFFIX = ".pyd" if sys.platform == "win32" else ".so"
+BUILD_LOCK = "build.flock"  # an OS lock held by the process that compiles into a build directory
 
 # -ffp-contract=fast lets a·b + c become one fused multiply-add (ISO C++ mode turns contraction off).
 CFLAGS = ["-O3", "-fopenmp", "-ffp-contract=fast", "-Wno-psabi"]
@@ -68,14 +70,19 @@ def build(verbose: bool = False) -> ModuleType:
 
     directory = build_directory()
     directory.mkdir(parents=True, exist_ok=True)
-    return load(
-        name=NAME,
-        sources=[str(source) for source in SOURCES],
-        extra_cflags=compile_flags(),
-        extra_ldflags=["-fopenmp"],
-        build_directory=str(directory),
-        verbose=verbose,
-    )
+    with open(directory / BUILD_LOCK, "w") as lock_file:
+        fcntl.flock(lock_file, fcntl.LOCK_EX)  # released by the OS if this process dies
+        # torch's own baton is a plain file that a killed build leaves behind, and a later build would wait on it
+        # forever; every builder holds the lock above first, so a baton found now is stale.
+        (directory / "lock").unlink(missing_ok=True)
+        return load(
+            name=NAME,
+            sources=[str(source) for source in SOURCES],
+            extra_cflags=compile_flags(),
+            extra_ldflags=["-fopenmp"],
+            build_directory=str(directory),
+            verbose=verbose,
+        )
 
 
 def _import_built(directory: Path) -> Optional[ModuleType]:

@@ -274,7 +274,7 @@ class CorePolicy(ActorCriticPolicy):
             raise ValueError(f"{where} must be the ({names}) tuple that predict returned, shapes {expected} for "
                              f"{n_envs} observation(s); got {_shapes(state)} (pass state=None to start from zeros)")
         rows = {shape[0] for shape in shapes}
-        if rows != {n_envs}:
+        if rows and rows != {n_envs}:  # a memoryless core's state () fits any number of envs
             raise ValueError(f"{where} holds {sorted(rows)} env row(s) but the observation holds {n_envs}: pass the "
                              f"state predict returned for these {n_envs} envs, or state=None to start from zeros")
         return tuple(th.as_tensor(a, dtype=self.value_net.weight.dtype, device=self.device) for a in arrays)

@@ -361,3 +361,14 @@ def test_predict_state_round_trips_and_a_single_observation_works(algo, policy_c
     assert actions.shape == (3,)
     single, single_state = model.predict(obs[0])
     assert np.shape(single) == () and all(s.shape[-2 if policy_class is FWMPolicy else 0] == 1 for s in single_state)
+
+
+def test_predict_carries_the_empty_state_of_a_memoryless_core_for_any_number_of_envs():
+    env = graph_env(3)
+    model = RecurrentPPO(CorePolicy, env, n_steps=4, batch_size=12, policy_kwargs=dict(core="mlp", hidden_size=8),
+                         device="cpu")
+    obs = env.reset()
+    actions, state = model.predict(obs, episode_start=np.ones(3, bool))
+    assert state == ()
+    actions, state = model.predict(obs, state=state, episode_start=np.zeros(3, bool))
+    assert actions.shape == (3,) and state == ()

@@ -53,6 +53,26 @@ def test_shipped_configs_load_and_are_named_after_their_file():
         assert set(yaml.safe_load(path.read_text())) <= set(TrainConfig().to_dict())
 
 
+
+def test_the_paper_configs_hold_the_learner_of_paper_a2c_kwargs():
+    """paper_a2c_kwargs() is the one home of the paper's A2C settings; the *-paper configs spell them for the CLI."""
+    import torch
+
+    from fwm_rl.agents import paper_a2c_kwargs
+
+    paper = paper_a2c_kwargs()
+    policy = paper.pop("policy_kwargs")
+    optimizers = {"adam": torch.optim.Adam, "rmsprop": torch.optim.RMSprop}
+    for name in ("graphnav-fwm-paper", "graphnav-lstm-paper", "graphnav-mlp-paper"):
+        config = load_config(shipped_configs()[name])
+        assert config.algo == "a2c" and config.n_envs == 600, name
+        assert {key: getattr(config, key) for key in paper} == paper, name
+        assert (config.critic, config.net_arch) == (policy["critic"], policy["net_arch"]), name
+        assert optimizers[config.optimizer] is policy["optimizer_class"], name
+        assert config.optimizer_kwargs == policy["optimizer_kwargs"], name
+    fwm = load_config(shipped_configs()["graphnav-fwm-paper"])
+    assert (fwm.core, fwm.hidden_size, fwm.core_kwargs) == ("fwm", policy["hidden_size"], policy["core_kwargs"])
+
 def test_options_override_the_config_file_and_merge_into_its_dicts():
     args = build_parser().parse_args(["train", "--config", "graphnav-fwm", "--n-envs", "8", "--learning-rate", "3e-4",
                                       "--core-kwargs", "memory_size=8", "--time-budget", "60", "--eval-split", "none"])

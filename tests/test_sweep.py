@@ -133,10 +133,10 @@ def test_rerun_of_a_finished_sweep_runs_nothing_and_other_settings_are_refused(k
 
 
 def test_second_sweep_writer_is_refused(killed_and_resumed, capsys):
-    from filelock import FileLock
+    from fwm_rl.train.io import exclusive_lock
 
     folder = killed_and_resumed[0]
-    with FileLock(str(folder / ".sweep.lock")):
+    with exclusive_lock(folder / ".sweep.lock", str):
         code, _, err = cli(["sweep", "--resume", str(folder)], capsys)
     assert code == 1 and err.count("\n") == 1 and "another `fwm-rl sweep` is writing" in err
 

@@ -2,11 +2,15 @@
 from __future__ import annotations
 
 import csv
+import fcntl
 import json
 import os
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Union
+from typing import Any, Callable, Iterator, Union
+
+from fwm_rl.train.errors import UserError
 
 PathLike = Union[str, os.PathLike]
 
@@ -35,6 +39,26 @@ def atomic_write(path: PathLike, write: Callable[[Path], None]) -> Path:
             os.unlink(tmp)
     return path
 
+
+
+@contextmanager
+def exclusive_lock(path: PathLike, busy: Callable[[str], str]) -> Iterator[None]:
+    """Hold an OS lock (flock) on ``path`` for the block, with this process's pid written in the file. If another
+    process holds it, raise ``UserError(busy(its_pid))`` at once. The OS drops the lock when its process dies, however
+    it dies, so a lock left by a dead process is simply taken over."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise UserError(busy(holder)) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    try:
+        yield
+    finally:
+        os.close(fd)  # releases the flock
 
 def write_json(path: PathLike, data: Any) -> Path:
     """Write ``data`` as indented JSON, atomically."""

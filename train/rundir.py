@@ -14,7 +14,6 @@ first, and only then ``open_new`` replaces an old run (under its lock).
 """
 from __future__ import annotations
 
-import fcntl
 import os
 import shutil
 import subprocess
@@ -27,7 +26,7 @@ from typing import Any, Iterator, Optional
 import cloudpickle
 
 from fwm_rl.train.errors import UserError
-from fwm_rl.train.io import MetricsLog, atomic_write
+from fwm_rl.train.io import MetricsLog, atomic_write, exclusive_lock
 from fwm_rl.train.options import PROVENANCE_KEY, read_yaml, write_yaml
 
 CONFIG_FILE = "config.yaml"
@@ -59,7 +58,6 @@ class RunDir:
 
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
-        self._lock_fd: Optional[int] = None
 
     def __repr__(self) -> str:
         return f"RunDir({str(self.path)!r})"
@@ -107,21 +105,9 @@ class RunDir:
         """Hold the run's OS lock for the block; a second writer gets ``run ... in use by pid N``. The OS drops the
         lock when its process dies however it dies, so a lock left by a dead pid is taken over."""
         self.path.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
-            os.close(fd)
-            raise UserError(f"run {self.path} in use by pid {holder}; wait for it to finish or stop it first") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        self._lock_fd = fd
-        try:
+        busy = f"run {self.path} in use by pid {{}}; wait for it to finish or stop it first"
+        with exclusive_lock(self.path / LOCK_FILE, busy.format):
             yield self
-        finally:
-            self._lock_fd = None
-            os.close(fd)  # releases the flock
 
     def check_can_create(self, overwrite: bool) -> None:
         """Fail early, before anything is built, if a new run may not go here (nothing is changed on disk)."""

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from fwm_rl.train.errors import UserError
-from fwm_rl.train.io import write_json
+from fwm_rl.train.io import exclusive_lock, write_json
 
 MANIFEST_FILE = "sweep.json"
 LOCK_FILE = ".sweep.lock"
@@ -330,8 +330,6 @@ def sweep_settings(args: argparse.Namespace) -> dict[str, Any]:
 
 def run_sweep(args: argparse.Namespace) -> int:
     """Entry point of ``fwm-rl sweep``: set up or continue the sweep folder, run what is not done; exit status."""
-    from filelock import FileLock, Timeout
-
     if args.jobs < 1:
         raise UserError(f"--jobs must be >= 1, got {args.jobs}")
     if args.resume is not None:
@@ -348,12 +346,8 @@ def run_sweep(args: argparse.Namespace) -> int:
         _merge_grid({"settings": settings, "runs": {}}, args.config, args.seeds)  # check the configs first
     folder = folder.resolve()
     folder.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(str(folder / LOCK_FILE), timeout=0)
-    try:
-        lock.acquire()
-    except Timeout:
-        raise UserError(f"another `fwm-rl sweep` is writing {folder} (it holds {LOCK_FILE}); wait for it to end") from None
-    try:
+    busy = f"another `fwm-rl sweep` is writing {folder} (pid {{}} holds {LOCK_FILE}); wait for it to end"
+    with exclusive_lock(folder / LOCK_FILE, busy.format):
         if (folder / MANIFEST_FILE).exists():
             manifest = read_manifest(folder)
             _check_settings(manifest["settings"], settings, folder)
@@ -366,8 +360,6 @@ def run_sweep(args: argparse.Namespace) -> int:
         sweep = Sweep(folder, manifest, threads=max(1, _cores() // args.jobs))
         write_json(folder / MANIFEST_FILE, manifest)
         return _run_all(sweep, args.jobs, progress_bar=args.progress_bar)
-    finally:
-        lock.release()
 
 
 def _cores() -> int:

@@ -200,6 +200,7 @@ def test_demo_quick_trains_fwm_and_lstm_evaluates_and_plots(tmp_path, capsys):
     assert result["curves"].read_bytes()[:4] == b"\x89PNG"
     out = capsys.readouterr().out
     assert "demo wall time" in out and "oracle" in out and "== demo seed 3" in out
+    assert "training budgets" in out and "0.33 of the FWM's time" in out and out.count(" 720 env steps") == 2
     assert all(yaml.safe_load((run_dir / "config.yaml").read_text())["seed"] == 3 for run_dir in result["run_dirs"])
 
 

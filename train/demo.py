@@ -27,7 +27,7 @@ def run_demo(out_dir: Path, quick: bool = False, minutes: Optional[float] = None
     start = time.monotonic()
     minutes = DEFAULT_MINUTES if minutes is None else minutes
     print(f"== demo seed {seed}", flush=True)
-    run_dirs = []
+    run_dirs, budgets = [], []
     for name, (config_name, share) in DEMO_RUNS.items():
         overrides = dict(QUICK_OVERRIDES) if quick else {"total_timesteps": 10**10, "time_budget": minutes * share}
         overrides["experiment"] = f"demo-{name}"
@@ -37,7 +37,10 @@ def run_demo(out_dir: Path, quick: bool = False, minutes: Optional[float] = None
         print(f"== training {name} ({config_name}: {config.core} core, hidden {config.hidden_size}, seed "
               f"{config.seed}) for {budget}",
               flush=True)
-        run_dirs.append(rl.train(config, run_dir=out_dir / name, overwrite=True, progress_bar=not quick).run_dir)
+        train_start = time.monotonic()
+        result = rl.train(config, run_dir=out_dir / name, overwrite=True, progress_bar=not quick)
+        run_dirs.append(result.run_dir)
+        budgets.append((config.experiment, share, (time.monotonic() - train_start) / 60, result.step))
 
     episodes = QUICK_TEST_EPISODES if quick else TEST_EPISODES
     print(f"== evaluating on {episodes} test graphs", flush=True)
@@ -49,6 +52,17 @@ def run_demo(out_dir: Path, quick: bool = False, minutes: Optional[float] = None
     curves = plot_runs(run_dirs, out_dir / "learning_curves.png", metric="return",
                        title="GraphNav: train (dotted) and test (solid) return")
     print(format_table(rows))
+    print(format_budgets(budgets))
     print(f"learning curves: {curves}")
     print(f"demo wall time: {(time.monotonic() - start) / 60:.1f} min")
     return {"rows": rows, "run_dirs": run_dirs, "curves": curves}
+
+
+def format_budgets(budgets: list[tuple[str, float, float, int]]) -> str:
+    """What each agent trained for, from (agent, share of the FWM's minutes, minutes, env steps): the agents do not
+    get equal time, and the table says so."""
+    lines = ["training budgets (the agents are not given equal time):"]
+    for name, share, minutes, steps in budgets:
+        share_note = "" if share == 1 else f" ({share:.2g} of the FWM's time)"
+        lines.append(f"  {name:<10} {minutes:5.1f} min  {steps:>11,} env steps{share_note}")
+    return "\n".join(lines)

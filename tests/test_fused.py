@@ -312,6 +312,21 @@ def test_a_build_left_half_done_by_a_killed_process_does_not_make_the_next_build
     assert result.returncode == 0, result.stderr
     assert "could not build" in result.stdout
 
+
+def test_two_checkouts_of_the_same_source_build_into_their_own_directories(tmp_path, monkeypatch):
+    """ninja rebuilds when a source path changes: a shared directory would be rebuilt by each checkout in turn."""
+    import shutil
+
+    from fwm_rl.fused import extension
+
+    here = extension.build_directory()
+    copy = tmp_path / "other-checkout"
+    shutil.copytree(extension.SOURCES[0].parent, copy)
+    monkeypatch.setattr(extension, "SOURCES", tuple(copy / source.name for source in extension.SOURCES))
+    monkeypatch.setattr(extension, "HEADERS", tuple(copy / header.name for header in extension.HEADERS))
+    assert extension.build_directory() != here
+    assert extension.build_directory() == extension.build_directory()
+
 # ----- Checked entry points: every malformed call to the kernel's exported functions raises, naming the argument.
 IN_SUBPROCESS = "FWM_RL_MALFORMED_CALLS"
 INPUT_LAYOUTS = {"keys_s": "TBd", "keys_r": "TBd", "values": "TBd", "beta": "TB", "read_queries": "TBd",

@@ -10,7 +10,7 @@ the env-step counter (every rank counts all ranks' steps). Trainers use it for t
 single-process code paths unchanged.
 
 SB3 users start a process group (``torch.distributed.init_process_group``, e.g. under ``torchrun``), give each rank
-its own seed (``seed + rank``) and call ``model.set_data_parallel(DataParallel.from_process_group())`` before
+its own seed (:func:`rank_seed`) and call ``model.set_data_parallel(DataParallel.from_process_group())`` before
 ``learn``.
 """
 from __future__ import annotations
@@ -107,6 +107,12 @@ class DataParallel:
 
 
 SINGLE_PROCESS = DataParallel()
+
+
+def rank_seed(seed: int, n_envs: int, ranks: DataParallel) -> int:
+    """The agent seed of this rank: SB3 seeds env i with ``seed + i``, so with ``seed + rank * n_envs`` the ranks'
+    envs play what the ``world_size * n_envs`` envs of one process seeded ``seed`` would (no two alike)."""
+    return seed + ranks.rank * n_envs
 
 
 def per_rank(values: Sequence[Any], ranks: DataParallel, what: str) -> Any:

@@ -16,7 +16,7 @@ not yet written), so that even metrics.csv comes out the same. Evaluation runs u
 nothing that training draws.
 
 Under ``torchrun --nproc-per-node N -m fwm_rl train ...`` the run is data-parallel, DD-PPO style
-(``fwm_rl.agents.distributed``): every rank steps its own ``n_envs`` envs seeded ``seed + rank``, the gradients of
+(``fwm_rl.agents.distributed``): every rank steps its own ``n_envs`` envs (seeded ``seed + rank * n_envs``), the gradients of
 every minibatch are averaged over the ranks, ``total_timesteps`` and every step count are all ranks' steps together,
 and the stop decisions (time budget, Ctrl-C) are taken together. Rank 0 writes the run directory alone: config,
 metrics (the training episodes of all ranks; the losses are rank 0's), evaluations, models and checkpoints, which
@@ -33,6 +33,7 @@ from typing import Any, Optional
 
 from fwm_rl.train.agent_factory import algorithm_class, build_agent, resolved_config
 from fwm_rl.train.callback import EVAL_SEED, EpisodeStatsRecorder, RunCallback, ctrl_c_stops
+from fwm_rl.agents.distributed import rank_seed
 from fwm_rl.train.checkpoints import gather_ranks, restore_agent
 from fwm_rl.train.config import ALIASES, TrainConfig, find_config, load_config
 from fwm_rl.train.evaluate import MAX_EVAL_ENVS, references
@@ -61,9 +62,11 @@ class RLTrainer(runner.Trainer):
                  quiet: bool = False) -> None:
         super().__init__(config, checkpoint, progress_bar, quiet)
         self.ranks, device = runner.join_torchrun(config.device)
-        # A data-parallel rank: its own envs and seed, its device (cuda:LOCAL_RANK); rank 0 alone evaluates.
-        rank_config = (dataclasses.replace(config, seed=config.seed + self.ranks.rank, device=device)
-                       if self.ranks.distributed else config)
+        # A data-parallel rank: its own envs and seed, its device (cuda:LOCAL_RANK); rank 0 alone evaluates. SB3
+        # seeds env i with seed + i, so rank r's seed is seed + r * n_envs: its envs play what envs r * n_envs ...
+        # of one process with all ranks' envs would (seed + r would replay other ranks' episodes).
+        rank_config = (dataclasses.replace(config, seed=rank_seed(config.seed, config.n_envs, self.ranks),
+                                           device=device) if self.ranks.distributed else config)
         # Everything that draws from the global RNGs comes before the agent is seeded or its checkpoint restored.
         self.eval_env, self.eval_kwargs = None, None
         if config.eval_split is not None and self.ranks.main:

@@ -299,7 +299,8 @@ class RecurrentPPO(OnPolicyAlgorithm):
     def set_data_parallel(self, ranks: DataParallel) -> None:
         """Train as one rank of ``ranks`` (see :mod:`fwm_rl.agents.distributed`): rank 0's parameters are copied to
         every rank now, and from here on every gradient is averaged over the ranks and ``num_timesteps`` counts all
-        ranks' env steps. Give each rank its own seed (:func:`~fwm_rl.agents.distributed.rank_seed`) and the same hyperparameters and ``n_envs``."""
+        ranks' env steps. Give each rank its own seed (:func:`~fwm_rl.agents.distributed.rank_seed`) and the same
+        hyperparameters and ``n_envs``."""
         self.data_parallel = ranks
         ranks.broadcast_module(self.policy)
 

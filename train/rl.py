@@ -16,9 +16,9 @@ not yet written), so that even metrics.csv comes out the same. Evaluation runs u
 nothing that training draws.
 
 Under ``torchrun --nproc-per-node N -m fwm_rl train ...`` the run is data-parallel, DD-PPO style
-(``fwm_rl.agents.distributed``): every rank steps its own ``n_envs`` envs (seeded ``seed + rank * n_envs``), the gradients of
-every minibatch are averaged over the ranks, ``total_timesteps`` and every step count are all ranks' steps together,
-and the stop decisions (time budget, Ctrl-C) are taken together. Rank 0 writes the run directory alone: config,
+(``fwm_rl.agents.distributed``): every rank steps its own ``n_envs`` envs (seeded ``seed + rank * n_envs``), the
+gradients of every minibatch are averaged over the ranks, ``total_timesteps`` and every step count are all ranks'
+steps together, and the stop decisions (time budget, Ctrl-C) are taken together. Rank 0 writes the run directory alone: config,
 metrics (the training episodes of all ranks; the losses are rank 0's), evaluations, models and checkpoints, which
 hold every rank's runtime state, env and RNGs. ``--resume`` under torchrun with the same number of processes
 continues exactly; every rank reads the run directory, so across machines it sits on a shared filesystem.

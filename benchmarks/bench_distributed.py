@@ -7,8 +7,10 @@ unless ``--threads`` says otherwise::
         --eval-split none --total-timesteps STEPS --checkpoint-freq STEPS --threads 1 --n-envs ENVS \\
         --run-dir TMP/run --no-progress-bar
 
-and its rate is SB3's ``time/fps`` of the last update (env steps of all ranks since ``learn`` started, per second of
-wall time: start-up, imports and the kernel load are not in it). Settings: ``1x600`` (the shipped config, one
+and its rate is the env steps of all ranks over the run's training time, from the start of ``learn`` to the final
+checkpoint after the last update (the ``elapsed_s`` that checkpoint holds: start-up, imports and the kernel load are
+not in it; SB3's ``time/fps`` is not used, since it is logged before each update's training and so leaves the last
+update out, which flatters settings with fewer, larger updates). Settings: ``1x600`` (the shipped config, one
 process), ``2x600`` (two ranks of 600 envs: twice the envs per update, as DD-PPO scales), ``2x300`` (two ranks of 300
 envs: the same 600 envs per update as one process). The load average before and after each run is printed, since on
 a shared machine it decides the numbers::
@@ -20,7 +22,6 @@ a shared machine it decides the numbers::
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import re
 import subprocess
@@ -28,6 +29,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from fwm_rl.train.rundir import RunDir
 
 SETTING = re.compile(r"^(?P<procs>\d+)x(?P<envs>\d+)(?:t(?P<threads>\d+))?$")
 
@@ -48,10 +51,10 @@ def run_setting(setting: str, steps: int, config: str, threads: int, folder: Pat
     start = time.monotonic()
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": str(threads)})
     wall = time.monotonic() - start
-    with (run_dir / "metrics.csv").open(newline="") as f:
-        rows = [row for row in csv.DictReader(f) if row.get("time/fps")]
-    return {"steps_per_s": float(rows[-1]["time/fps"]), "steps": float(rows[-1]["time/total_timesteps"]),
-            "wall_s": wall, "load_before": load_before, "load_after": os.getloadavg()[0]}
+    _, step, payload = RunDir(run_dir).read_newest_checkpoint()  # the final one, after the last update
+    train_s = payload["run_state"]["schedule"]["elapsed_s"]
+    return {"steps_per_s": step / train_s, "steps": step, "train_s": train_s, "wall_s": wall,
+            "load_before": load_before, "load_after": os.getloadavg()[0]}
 
 
 def main() -> None:
@@ -63,14 +66,16 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads per process [default: 1]")
     args = parser.parse_args()
     print(f"{os.cpu_count()} CPUs; config {args.config}, {args.steps:,} env steps per run")
-    print(f"{'setting':>10} {'env-steps/s':>12} {'vs first':>9} {'wall s':>8} {'load before -> after':>22}")
+    print(f"{'setting':>10} {'env-steps/s':>12} {'vs first':>9} {'train s':>8} {'wall s':>8} "
+          f"{'load before -> after':>22}")
     first = None
     with tempfile.TemporaryDirectory() as folder:
         for setting in args.settings:
             result = run_setting(setting, args.steps, args.config, args.threads, Path(folder))
             first = first or result["steps_per_s"]
             print(f"{setting:>10} {result['steps_per_s']:>12,.0f} {result['steps_per_s'] / first:>8.2f}x "
-                  f"{result['wall_s']:>8.1f} {result['load_before']:>13.2f} -> {result['load_after']:.2f}",
+                  f"{result['train_s']:>8.1f} {result['wall_s']:>8.1f} "
+                  f"{result['load_before']:>13.2f} -> {result['load_after']:.2f}",
                   flush=True)
 
 

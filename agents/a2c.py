@@ -134,7 +134,7 @@ class RecurrentA2C(RecurrentPPO):
             values, log_prob, entropy_loss = self._evaluate(batch)
             advantages = batch.advantages
             if self.normalize_advantage:
-                advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+                advantages = self._normalized(advantages)
             policy_loss = -(advantages * log_prob).mean()
             value_loss = F.mse_loss(batch.returns, values)
             loss = policy_loss + self.ent_coef * entropy_loss + self.vf_coef * value_loss

@@ -27,6 +27,7 @@ from torch.nn import functional as F
 
 from fwm_rl.agents.buffers import TrajectoryBatch, TrajectoryDictRolloutBuffer, TrajectoryRolloutBuffer
 from fwm_rl.agents.checks import check_finite, check_on_policy_hyperparameters
+from fwm_rl.agents.distributed import SINGLE_PROCESS, DataParallel
 from fwm_rl.agents.policies import CorePolicy, LSTMPolicy, MultiInputCorePolicy, MultiInputLSTMPolicy
 from fwm_rl.agents.sb3_contrib_adapter import SB3ContribCorePolicy
 from fwm_rl.agents.state import ActorCriticStates, select_rows
@@ -151,6 +152,7 @@ class RecurrentPPO(OnPolicyAlgorithm):
         self.timeout_bootstrap = timeout_bootstrap
         self._last_core_states: Optional[ActorCriticStates] = None
         self.last_env_step: Optional[EnvStep] = None  # for callbacks: read it in on_step, instead of self.locals
+        self.data_parallel: DataParallel = SINGLE_PROCESS
         if _init_setup_model:
             self._setup_model()
 
@@ -258,7 +260,7 @@ class RecurrentPPO(OnPolicyAlgorithm):
             if isinstance(self.action_space, spaces.Box):
                 clipped_actions = np.clip(actions, self.action_space.low, self.action_space.high)
             new_obs, rewards, dones, infos = env.step(clipped_actions)
-            self.num_timesteps += env.num_envs
+            self.num_timesteps += env.num_envs * self.data_parallel.world_size
             self.last_env_step = EnvStep(new_obs, rewards, dones, infos)
             callback.update_locals(locals())
             if not callback.on_step():
@@ -294,12 +296,36 @@ class RecurrentPPO(OnPolicyAlgorithm):
         entropy_loss = th.mean(log_prob) if entropy is None else -th.mean(entropy)
         return values, log_prob, entropy_loss
 
+    def set_data_parallel(self, ranks: DataParallel) -> None:
+        """Train as one rank of ``ranks`` (see :mod:`fwm_rl.agents.distributed`): rank 0's parameters are copied to
+        every rank now, and from here on every gradient is averaged over the ranks and ``num_timesteps`` counts all
+        ranks' env steps. Give each rank its own seed (:func:`~fwm_rl.agents.distributed.rank_seed`) and the same
+        hyperparameters and ``n_envs``."""
+        self.data_parallel = ranks
+        ranks.broadcast_module(self.policy)
+
+    def _normalized(self, advantages: Tensor) -> Tensor:
+        """``advantages`` standardised with the mean and (unbiased) std of the minibatch, over all ranks' shares."""
+        if not self.data_parallel.distributed:
+            return (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+        count, total = self.data_parallel.sum(th.stack([th.tensor(float(advantages.numel()), device=advantages.device),
+                                                        advantages.sum()]))
+        mean = total / count
+        squares = self.data_parallel.sum((advantages - mean).square().sum())
+        return (advantages - mean) / (th.sqrt(squares / (count - 1)) + 1e-8)
+
     def _gradient_step(self, loss: Tensor) -> None:
         """One optimizer step on ``loss``; :class:`NonFiniteError` (before the step) if the loss or the gradient norm
-        is not finite, so the parameters stay those of the last good step."""
+        is not finite, so the parameters stay those of the last good step. Data-parallel, the gradient is the mean
+        over the ranks and the checks see every rank's loss, so all ranks step or raise together."""
+        if self.data_parallel.distributed:
+            self.policy.optimizer.zero_grad()
+            loss.backward()
+            loss = self.data_parallel.average_gradients(self.policy.parameters(), extra=loss)
         check_finite("loss", loss.detach(), self._n_updates, self.num_timesteps)
-        self.policy.optimizer.zero_grad()
-        loss.backward()
+        if not self.data_parallel.distributed:
+            self.policy.optimizer.zero_grad()
+            loss.backward()
         grad_norm = th.nn.utils.clip_grad_norm_(self.policy.parameters(), self.max_grad_norm)
         check_finite("grad_norm", grad_norm, self._n_updates, self.num_timesteps)
         self.policy.optimizer.step()
@@ -325,7 +351,8 @@ class RecurrentPPO(OnPolicyAlgorithm):
         )
 
     def _excluded_save_params(self) -> list[str]:
-        return [*super()._excluded_save_params(), "_last_core_states", "last_env_step"]  # see get_runtime_state
+        # _last_core_states, last_env_step: see get_runtime_state; data_parallel: a loaded model runs alone until told
+        return [*super()._excluded_save_params(), "_last_core_states", "last_env_step", "data_parallel"]
 
     def get_runtime_state(self) -> dict[str, Any]:
         """What the next ``learn(..., reset_num_timesteps=False)`` reads beyond what ``save()`` stores: the last
@@ -372,7 +399,7 @@ class RecurrentPPO(OnPolicyAlgorithm):
                 values, log_prob, entropy_loss = self._evaluate(batch)
                 advantages = batch.advantages
                 if self.normalize_advantage and advantages.numel() > 1:
-                    advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+                    advantages = self._normalized(advantages)
                 ratio = th.exp(log_prob - batch.old_log_prob)
                 clipped_ratio = th.clamp(ratio, 1 - clip_range, 1 + clip_range)
                 policy_loss = -th.min(advantages * ratio, advantages * clipped_ratio).mean()
@@ -391,7 +418,7 @@ class RecurrentPPO(OnPolicyAlgorithm):
                     log_ratio = log_prob - batch.old_log_prob
                     approx_kl_div = th.mean((th.exp(log_ratio) - 1) - log_ratio).item()
                 approx_kl_divs.append(approx_kl_div)
-                if self.target_kl is not None and approx_kl_div > 1.5 * self.target_kl:
+                if self.target_kl is not None and self.data_parallel.mean(approx_kl_div) > 1.5 * self.target_kl:
                     continue_training = False
                     if self.verbose >= 1:
                         print(f"Early stopping at step {epoch} due to reaching max kl: {approx_kl_div:.2f}")

@@ -11,6 +11,7 @@ from typing import Any, Iterator, Optional
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper
 
+from fwm_rl.agents.distributed import SINGLE_PROCESS, DataParallel
 from fwm_rl.train.checkpoints import BEST_MODEL_FILE, MODEL_FILE, agent_payload, save_model
 from fwm_rl.train.config import TrainConfig
 from fwm_rl.train.evaluate import run_episodes, summarize, add_scores
@@ -64,11 +65,15 @@ class RunCallback(BaseCallback):
     (time budget, Ctrl-C). Per rollout: the training episodes' statistics (train/return, train/goals, ...).
 
     ``save_checkpoint(step, run_state)`` writes a checkpoint (the trainer's), ``run_state`` the schedule and the
-    log values recorded but not yet dumped."""
+    log values recorded but not yet dumped. Data-parallel (``ranks``), every rank runs the callback: the stop
+    decisions are taken together, the training episodes of all ranks are summarised, and only rank 0 (which alone
+    has an ``eval_env``) evaluates and writes models."""
 
     def __init__(self, config: TrainConfig, run_log: RunLog, eval_env, reference_rows: Optional[dict],
-                 save_checkpoint, run_state: Optional[dict[str, Any]] = None, progress_bar: bool = False) -> None:
+                 save_checkpoint, run_state: Optional[dict[str, Any]] = None, progress_bar: bool = False,
+                 ranks: DataParallel = SINGLE_PROCESS) -> None:
         super().__init__()
+        self.ranks = ranks
         self.progress_bar = progress_bar
         self.bar = None
         self.config, self.run_log, self.save_checkpoint = config, run_log, save_checkpoint
@@ -113,7 +118,8 @@ class RunCallback(BaseCallback):
 
     def _on_rollout_end(self) -> None:
         self.schedule["updates"] += 1
-        finished = self.episodes().pop_finished()
+        parts = self.ranks.gather(self.episodes().pop_finished())  # None on ranks > 0, which log nothing
+        finished = [episode for part in parts or [] for episode in part]
         if finished:
             for key, value in prefixed("train", summarize(finished)).items():
                 self.logger.record(key, value)
@@ -126,6 +132,7 @@ class RunCallback(BaseCallback):
         step = self.model.num_timesteps
         if not final and self.stopped is None:
             out_of_time = self.config.time_budget is not None and self.elapsed_s() >= 60 * self.config.time_budget
+            self.interrupted, out_of_time = self.ranks.any(self.interrupted, out_of_time)  # one rank alone: deadlock
             if self.interrupted or out_of_time:
                 self.stopped, self.stop_step = ("interrupted" if self.interrupted else "time budget"), step
         last_eval = (final or self.stopped == "time budget") and step > self.schedule["last_eval"]
@@ -133,7 +140,7 @@ class RunCallback(BaseCallback):
             self.evaluate(step)
         if final or self.stopped or step >= self.schedule["next_checkpoint"]:
             self.checkpoint(step)
-        if final or self.stopped:
+        if (final or self.stopped) and self.ranks.main:
             save_model(self.model, self.run_log.run.path / MODEL_FILE)
 
     def evaluate(self, step: int) -> None:

@@ -44,24 +44,29 @@ def _exit_status(result) -> int:
     return EXIT_INTERRUPTED if result.stopped == "interrupted" else 0
 
 
-def _train(args: argparse.Namespace) -> int:
-    from fwm_rl.train.rl import RLTrainer
-    from fwm_rl.train.runner import run_from_args
-
-    return _exit_status(run_from_args(args, RLTrainer))
-
-
-def _supervised(args: argparse.Namespace) -> int:
+def _run_trainer(args: argparse.Namespace, trainer_class) -> int:
+    """Start or resume a run of ``trainer_class``; leave the process group torchrun's ranks joined."""
     import torch.distributed
 
     from fwm_rl.train.runner import run_from_args
-    from fwm_rl.train.supervised import SupervisedTrainer
 
     try:
-        return _exit_status(run_from_args(args, SupervisedTrainer))
+        return _exit_status(run_from_args(args, trainer_class))
     finally:
         if torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
+
+
+def _train(args: argparse.Namespace) -> int:
+    from fwm_rl.train.rl import RLTrainer
+
+    return _run_trainer(args, RLTrainer)
+
+
+def _supervised(args: argparse.Namespace) -> int:
+    from fwm_rl.train.supervised import SupervisedTrainer
+
+    return _run_trainer(args, SupervisedTrainer)
 
 
 def _evaluate(args: argparse.Namespace) -> int:

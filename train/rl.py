@@ -14,9 +14,18 @@ and recurrent state, counters), the whole vector env (its layouts, positions, ge
 episodes in progress), the global torch/numpy/random generators, and the runner's own state (schedule, log values
 not yet written), so that even metrics.csv comes out the same. Evaluation runs under ``seeded_rng`` so it changes
 nothing that training draws.
+
+Under ``torchrun --nproc-per-node N -m fwm_rl train ...`` the run is data-parallel, DD-PPO style
+(``fwm_rl.agents.distributed``): every rank steps its own ``n_envs`` envs (seeded ``seed + rank * n_envs``), the
+gradients of every minibatch are averaged over the ranks, ``total_timesteps`` and every step count are all ranks'
+steps together, and the stop decisions (time budget, Ctrl-C) are taken together. Rank 0 writes the run directory alone: config,
+metrics (the training episodes of all ranks; the losses are rank 0's), evaluations, models and checkpoints, which
+hold every rank's runtime state, env and RNGs. ``--resume`` under torchrun with the same number of processes
+continues exactly; every rank reads the run directory, so across machines it sits on a shared filesystem.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any, Optional
@@ -24,13 +33,14 @@ from typing import Any, Optional
 
 from fwm_rl.train.agent_factory import algorithm_class, build_agent, resolved_config
 from fwm_rl.train.callback import EVAL_SEED, EpisodeStatsRecorder, RunCallback, ctrl_c_stops
-from fwm_rl.train.checkpoints import restore_agent
+from fwm_rl.agents.distributed import rank_seed
+from fwm_rl.train.checkpoints import gather_ranks, restore_agent
 from fwm_rl.train.config import ALIASES, TrainConfig, find_config, load_config
 from fwm_rl.train.evaluate import MAX_EVAL_ENVS, references
 from fwm_rl.train import runner
 from fwm_rl.train.io import write_json
 from fwm_rl.train.rundir import RunDir
-from fwm_rl.train.runlog import RunLog
+from fwm_rl.train.runlog import PendingLogger, RunLog
 from fwm_rl.train.runs import heldout_env_kwargs, make_env
 
 REFERENCES_FILE = "references.json"
@@ -51,21 +61,30 @@ class RLTrainer(runner.Trainer):
     def __init__(self, config: TrainConfig, checkpoint: Optional[dict[str, Any]] = None, progress_bar: bool = True,
                  quiet: bool = False) -> None:
         super().__init__(config, checkpoint, progress_bar, quiet)
+        self.ranks, device = runner.join_torchrun(config.device)
+        # A data-parallel rank: its own envs and seed, its device (cuda:LOCAL_RANK); rank 0 alone evaluates. SB3
+        # seeds env i with seed + i, so rank r's seed is seed + r * n_envs: its envs play what envs r * n_envs ...
+        # of one process with all ranks' envs would (seed + r would replay other ranks' episodes).
+        rank_config = (dataclasses.replace(config, seed=rank_seed(config.seed, config.n_envs, self.ranks),
+                                           device=device) if self.ranks.distributed else config)
         # Everything that draws from the global RNGs comes before the agent is seeded or its checkpoint restored.
         self.eval_env, self.eval_kwargs = None, None
-        if config.eval_split is not None:
+        if config.eval_split is not None and self.ranks.main:
             self.eval_kwargs = heldout_env_kwargs(config.env_kwargs, split=config.eval_split)
             self.eval_env = make_env(config.env_id, min(config.eval_episodes, MAX_EVAL_ENVS), seed=EVAL_SEED,
                                      **self.eval_kwargs)
         self.run_state = None
         if checkpoint is None:
-            train_env = EpisodeStatsRecorder(make_env(config.env_id, config.n_envs, seed=config.seed,
+            train_env = EpisodeStatsRecorder(make_env(config.env_id, config.n_envs, seed=rank_config.seed,
                                                       **config.env_kwargs))
-            self.model = build_agent(config, train_env)
+            self.model = build_agent(rank_config, train_env)
         else:
-            self.model = restore_agent(checkpoint, algorithm_class(config.algo), config.device)
+            self.model = restore_agent(checkpoint, algorithm_class(config.algo), rank_config.device, self.ranks)
             self.run_state = checkpoint["run_state"]
+        self.model.set_data_parallel(self.ranks)  # from rank 0 to all: the same parameters at the start
         self.resolved = resolved_config(config, self.model)
+        if self.ranks.distributed:  # each rank picks cuda:LOCAL_RANK itself; the run is on the device type
+            self.resolved = dataclasses.replace(self.resolved, device=self.model.device.type)
 
     def resolved_config(self) -> TrainConfig:
         return self.resolved
@@ -90,14 +109,15 @@ class RLTrainer(runner.Trainer):
         config, model = self.config, self.model
         resumed = start_step is not None
         # From scratch (a new run, or a resumed one without a checkpoint) no earlier row is kept.
-        run_log = RunLog(run, resume_step=start_step if resumed else -1, quiet=self.quiet)
+        run_log = (RunLog(run, resume_step=start_step if resumed else -1, quiet=self.quiet) if self.ranks.main
+                   else _SilentLog(run))
         try:
             reference_rows = self._references(run_log) if self.eval_env is not None else None
             model.set_logger(run_log.sb3_logger())
 
             callback = RunCallback(config, run_log, self.eval_env, reference_rows,
                                    lambda step, state: self._save(run, step, state), self.run_state,
-                                   self.progress_bar)
+                                   self.progress_bar and self.ranks.main, self.ranks)
             remaining = config.total_timesteps - model.num_timesteps
             if remaining <= 0:
                 run_log.message(f"{run.path} has already trained {model.num_timesteps:,} of "
@@ -131,8 +151,30 @@ class RLTrainer(runner.Trainer):
             run_log.close()
 
     def _save(self, run: RunDir, step: int, payload: dict[str, Any]) -> None:
-        self.save_checkpoint(run, step, payload, self.model.policy, payload["run_state"]["schedule"]["updates"],
-                             keep=self.config.keep_checkpoints)
+        payload = gather_ranks(payload, self.ranks)  # None on ranks > 0: rank 0 writes every rank's part
+        if payload is not None:
+            self.save_checkpoint(run, step, payload, self.model.policy, payload["run_state"]["schedule"]["updates"],
+                                 keep=self.config.keep_checkpoints)
+
+
+class _SilentLog:
+    """A data-parallel rank > 0's stand-in for RunLog: rank 0 writes the run's metrics and messages, this drops
+    them (its SB3 logger records without output: ``RunCallback.run_state`` reads what is pending)."""
+
+    def __init__(self, run: RunDir) -> None:
+        self.run = run
+
+    def message(self, text: str) -> None:
+        pass
+
+    def write(self, step: int, metrics: dict[str, Any], tensorboard_skip: frozenset[str] = frozenset()) -> None:
+        pass
+
+    def sb3_logger(self) -> PendingLogger:
+        return PendingLogger(folder=None, output_formats=[])
+
+    def close(self) -> None:
+        pass
 
 
 def train(config: TrainConfig, run_dir: Optional[Path] = None, runs_dir: Path = Path("runs"), overwrite: bool = False,

@@ -194,13 +194,43 @@ def _fit(trainer: Trainer, run: RunDir, start_step: Optional[int]) -> RunResult:
         return trainer.fit(run, start_step)
     except NonFiniteError as e:
         message = _nonfinite_message(e, run, trainer)
-        run.log(message)
+        if is_main_process():
+            run.log(message)
         raise UserError(message) from None
 
 
 def is_main_process() -> bool:
     """False in the ranks > 0 of a data-parallel run (torchrun sets RANK); those leave the run directory alone."""
     return int(os.environ.get("RANK", "0")) == 0
+
+
+def join_torchrun(device: str):
+    """This process's ``(DataParallel, device)`` for a data-parallel run under torchrun (``WORLD_SIZE > 1``): it
+    joins the default process group, nccl for CUDA and gloo for the CPU, and trains on ``cuda:LOCAL_RANK`` when
+    ``device`` is auto or cuda on a CUDA machine. A single process gets ``SINGLE_PROCESS`` and ``device`` as given.
+    UserError for a device a data-parallel run cannot use."""
+    import torch.distributed as dist
+
+    from fwm_rl.agents.distributed import SINGLE_PROCESS, DataParallel
+
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        return SINGLE_PROCESS, device
+    picked = pick_device(device)
+    if picked.type == "mps":
+        raise UserError("data-parallel training (torchrun) runs on cpu or cuda (nccl), not mps; use --device cpu")
+    if picked.type == "cuda":
+        if device not in ("auto", "cuda"):
+            raise UserError(f"under torchrun every rank trains on cuda:LOCAL_RANK; use --device cuda (or auto) "
+                            f"instead of {device}")
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        if local_rank >= torch.cuda.device_count():
+            raise UserError(f"torchrun started local rank {local_rank} but this machine has "
+                            f"{torch.cuda.device_count()} CUDA device(s); lower --nproc-per-node or use --device cpu")
+        picked = torch.device("cuda", local_rank)
+        torch.cuda.set_device(picked)
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if picked.type == "cuda" else "gloo")
+    return DataParallel.from_process_group(), str(picked)
 
 
 def _build(trainer_class: type[Trainer], config: RunConfig, checkpoint: Optional[dict[str, Any]],

@@ -44,8 +44,9 @@ def onnx_step(session, feed: dict) -> dict:
     return dict(zip([o.name for o in session.get_outputs()], session.run(None, feed)))
 
 
-@pytest.mark.parametrize("critic", ["separate", "shared"])
-@pytest.mark.parametrize("core", sorted(fwm_rl.CORE_CLASSES))
+# "separate" carries both cores' states through the graph; "shared" (the default) reads the actor core for the value.
+@pytest.mark.parametrize("core, critic", [*((core, "separate") for core in sorted(fwm_rl.CORE_CLASSES)),
+                                          ("fwm", "shared"), ("lstm", "none")])
 def test_onnx_step_replays_the_torch_policy_over_a_graphnav_lifetime_with_resets(core, critic, tmp_path):
     """onnxruntime drives a 30-step GraphNav lifetime step by step; episode_start is set for every row at t=0 and
     t=15 and for row 1 alone at t=8. Actions and states equal ``predict`` with state, values equal the policy's own

@@ -66,7 +66,8 @@ def trace_onnx(step, path: Path) -> None:
             # The tracer notes the Python branches it fixes (on the constant "no reset left" flags) and that this
             # exporter is not torch's default: both expected.
             warnings.simplefilter("ignore", torch.jit.TracerWarning)
-            warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export", category=DeprecationWarning)
+            warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export")
+            warnings.filterwarnings("ignore", message="The feature will be removed", category=DeprecationWarning)
             # The LSTM's initial states are graph inputs, so any batch size runs (the warning's own advice).
             warnings.filterwarnings("ignore", message="Exporting a model to ONNX with a batch_size other than 1")
             torch.onnx.export(step, step.example_inputs(2), str(path), input_names=inputs, output_names=outputs,

@@ -89,8 +89,8 @@ class SingleStepPolicy(nn.Module):
 
     def output_layout(self) -> list[TensorSpec]:
         n_actions = int(self.policy.action_space.n)
-        heads = [TensorSpec("action_logits", ("batch", n_actions), "float32"), TensorSpec("action", ("batch",), "int64"),
-                 TensorSpec("value", ("batch",), "float32")]
+        heads = [TensorSpec("action_logits", ("batch", n_actions), "float32"),
+                 TensorSpec("action", ("batch",), "int64"), TensorSpec("value", ("batch",), "float32")]
         return [*heads, *(spec._replace(name=NEXT_PREFIX + spec.name) for spec in self.state_layout())]
 
     def example_inputs(self, batch_size: int, generator: torch.Generator | None = None) -> tuple[Tensor, ...]:

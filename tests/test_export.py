@@ -6,6 +6,7 @@ import re
 import sys
 from pathlib import Path
 
+import gymnasium as gym
 import numpy as np
 import pytest
 import torch
@@ -16,8 +17,9 @@ from fwm_rl.agents import CorePolicy, MultiInputCorePolicy, RecurrentPPO
 from fwm_rl.agents.onnx_policy import SingleStepPolicy
 from fwm_rl.envs import make_vec_env
 from fwm_rl.train import export, rl
-from fwm_rl.train.cli import main
 from fwm_rl.train.config import TrainConfig
+from fwm_rl.train.runs import load_agent
+from test_cli_rundir import error_line, run_main
 
 ort = pytest.importorskip("onnxruntime")
 onnx = pytest.importorskip("onnx")
@@ -75,8 +77,9 @@ def test_onnx_step_replays_the_torch_policy_over_a_graphnav_lifetime_with_resets
         onnx_actions.append(out["action"])
         obs, _, _, _ = vec_env.step(out["action"])
     with torch.no_grad():
-        actions, values, _, final = policy.forward(torch.as_tensor(np.stack(observations)), policy.initial_state(N_ENVS),
-                                                   torch.as_tensor(starts), deterministic=True)
+        actions, values, _, final = policy.forward(torch.as_tensor(np.stack(observations)),
+                                                   policy.initial_state(N_ENVS), torch.as_tensor(starts),
+                                                   deterministic=True)
     np.testing.assert_array_equal(np.stack(onnx_actions), actions.numpy())
     np.testing.assert_allclose(np.stack(onnx_values), values.numpy(), rtol=0, atol=1e-5)
     for name, value in zip(names, [*final.actor, *final.critic]):
@@ -95,7 +98,8 @@ def test_the_batch_dim_is_free_and_a_reset_row_ignores_its_incoming_state(tmp_pa
     b = onnx_step(session, {"obs": obs.numpy(), "episode_start": starts, **dirty})
     for key in a:
         np.testing.assert_array_equal(a[key], b[key])
-    one = onnx_step(session, {"obs": obs[:1].numpy(), "episode_start": starts[:1], **{k: v[:1] for k, v in clean.items()}})
+    first_row = {name: value[:1] for name, value in clean.items()}
+    one = onnx_step(session, {"obs": obs[:1].numpy(), "episode_start": starts[:1], **first_row})
     np.testing.assert_allclose(one["value"], a["value"][:1], rtol=0, atol=1e-6)
 
 
@@ -124,20 +128,13 @@ def run_dir(tmp_path_factory) -> Path:
     return run
 
 
-def fwm_rl_cli(args: list[str], capsys) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exit_info:
-        main(args)
-    captured = capsys.readouterr()
-    return exit_info.value.code, captured.out, captured.err
-
-
 def test_export_writes_a_checked_graph_with_its_state_layout_in_the_metadata(run_dir, tmp_path, capsys):
     out = tmp_path / "policy.onnx"
-    code, stdout, _ = fwm_rl_cli(["export", str(run_dir), "--onnx", str(out)], capsys)
+    code, stdout, _ = run_main(["export", str(run_dir), "--onnx", str(out)], capsys)
     assert code == 0 and "onnxruntime matches torch" in stdout and "actor_F [batch, 4, 4, 4] float32" in stdout
     meta = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
     assert meta["fwm_rl.core"] == "fwm" and meta["fwm_rl.source"].endswith("model.zip")
-    code, _, _ = fwm_rl_cli(["export", str(run_dir), "--best", "--onnx", str(out), "--overwrite"], capsys)
+    code, _, _ = run_main(["export", str(run_dir), "--best", "--onnx", str(out), "--overwrite"], capsys)
     meta = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
     assert code == 0 and meta["fwm_rl.source"].endswith("best_model.zip")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["policy.onnx"]  # no temporary file left behind
@@ -146,8 +143,8 @@ def test_export_writes_a_checked_graph_with_its_state_layout_in_the_metadata(run
 def test_an_existing_output_is_kept_without_overwrite(run_dir, tmp_path, capsys):
     out = tmp_path / "policy.onnx"
     out.write_bytes(b"mine")
-    code, _, err = fwm_rl_cli(["export", str(run_dir), "--onnx", str(out)], capsys)
-    assert code == 1 and err.strip().count("\n") == 0 and "exists; pass --overwrite" in err
+    code, _, err = run_main(["export", str(run_dir), "--onnx", str(out)], capsys)
+    assert code == 1 and "exists; pass --overwrite" in error_line(err)
     assert out.read_bytes() == b"mine"
 
 
@@ -156,16 +153,17 @@ def test_an_existing_output_is_kept_without_overwrite(run_dir, tmp_path, capsys)
     (lambda tmp: tmp, "holds no model.zip"),
 ])
 def test_a_bad_run_directory_is_one_line(make_bad, message, tmp_path, capsys):
-    code, _, err = fwm_rl_cli(["export", str(make_bad(tmp_path)), "--onnx", str(tmp_path / "p.onnx")], capsys)
-    assert code == 1 and err.startswith("fwm-rl: error: ") and message in err and err.strip().count("\n") == 0
+    code, _, err = run_main(["export", str(make_bad(tmp_path)), "--onnx", str(tmp_path / "p.onnx")], capsys)
+    assert code == 1 and message in error_line(err)
 
 
 def test_missing_onnxruntime_is_one_line_and_no_check_exports_without_it(run_dir, tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # what `import onnxruntime` sees when it is absent
     out = tmp_path / "policy.onnx"
-    code, _, err = fwm_rl_cli(["export", str(run_dir), "--onnx", str(out)], capsys)
-    assert code == 1 and "onnxruntime is not installed" in err and "fwm-rl[export]" in err and not out.exists()
-    code, stdout, _ = fwm_rl_cli(["export", str(run_dir), "--onnx", str(out), "--no-check"], capsys)
+    code, _, err = run_main(["export", str(run_dir), "--onnx", str(out)], capsys)
+    line = error_line(err)
+    assert code == 1 and "onnxruntime is not installed" in line and "fwm-rl[export]" in line and not out.exists()
+    code, stdout, _ = run_main(["export", str(run_dir), "--onnx", str(out), "--no-check"], capsys)
     assert code == 0 and "not checked" in stdout and out.exists()
 
 
@@ -183,9 +181,7 @@ def test_readme_onnxruntime_example_runs_as_written_and_plays_the_torch_actions(
     monkeypatch.chdir(tmp_path)
     namespace: dict = {}
     exec(compile(code, "README.md (export example)", "exec"), namespace)
-    agent = export.load_agent(run_dir / "model.zip", "ppo")
-    import gymnasium as gym
-
+    agent = load_agent(run_dir / "model.zip", "ppo")
     env = gym.make("FWM/GraphNav-v0", split="test")
     obs, _ = env.reset(seed=0)
     state, start, actions = None, np.ones(1, dtype=bool), []

@@ -1,4 +1,4 @@
-"""The ``fwm-rl`` command line (also ``python -m fwm_rl``): train, supervised, evaluate, watch, plot, demo.
+"""The ``fwm-rl`` command line (also ``python -m fwm_rl``): train, supervised, evaluate, watch, plot, demo, export.
 
 The error boundary: every handler validates the user's input (and builds what it names) before it writes
 anything, raising ``UserError`` for what the user can fix; ``main`` prints that as one line and exits 1. Any other
@@ -119,7 +119,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from fwm_rl.train import report, sweep
+    from fwm_rl.train import export, report, sweep
     from fwm_rl.train.config import shipped_configs
     from fwm_rl.train.rl import RLTrainer
     from fwm_rl.train.runner import add_trainer_arguments
@@ -211,6 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     supervised.set_defaults(func=_supervised)
     sweep.add_parser(commands, formatter_class=_HelpFormatter)
     report.add_parser(commands, formatter_class=_HelpFormatter)
+    export.add_parser(commands, formatter_class=_HelpFormatter)
     return parser
 
 

@@ -1,5 +1,9 @@
 """Fused FWM recurrence vs the PyTorch reference vs a per-step loop in the official code's style, on CPU.
 
+The loss is taken on the reads where the configuration's task has a target (:func:`target_mask`), so the
+"..., reads at targets" rows (the read mask of ``fwm_rl.recurrence``) do the same work the task needs with the
+reads elsewhere skipped; their GFLOP/s still counts the nominal work of every read.
+
 For each configuration: forward+backward wall time (median and min over repeats), tokens/s (B·T per second),
 achieved GFLOP/s of 6·(2 + N_r)·d³ FLOPs per token (forward: one contraction for the old value, one rank-1
 update and N_r reads, d³ multiply-adds each; the backward counted as twice the forward), that rate as a share of
@@ -14,6 +18,7 @@ many seeds (the measurement behind the float32 bound of ``tests/test_fused.py``)
 
     .venv/bin/python benchmarks/bench_fused.py                      # both configurations, all implementations
     .venv/bin/python benchmarks/bench_fused.py --configs meta_rl --implementations fused --repeats 9
+    .venv/bin/python benchmarks/bench_fused.py --configs catbabi --implementations fused "fused, reads at targets"
     ATEN_CPU_CAPABILITY=avx2 .venv/bin/python benchmarks/bench_fused.py --float32-error --seeds 100
 """
 from __future__ import annotations
@@ -74,11 +79,30 @@ def official_style_loop(inputs: RecurrenceInputs, write_scale: float) -> tuple[T
     return torch.stack(reads), F
 
 
+# Each takes (inputs, write scale, the read mask of the configuration); "... at targets" reads only where it is True.
 IMPLEMENTATIONS: dict[str, Callable[..., tuple[Tensor, Tensor]]] = {
-    "fused": lambda inputs, scale: fwm_recurrence(inputs, scale, implementation="fused"),
-    "reference": lambda inputs, scale: fwm_recurrence(inputs, scale, implementation="reference"),
-    "official-style loop": official_style_loop,
+    "fused": lambda inputs, scale, mask: fwm_recurrence(inputs, scale, implementation="fused"),
+    "fused, reads at targets": lambda inputs, scale, mask: fwm_recurrence(inputs, scale, implementation="fused",
+                                                                          read_mask=mask),
+    "reference": lambda inputs, scale, mask: fwm_recurrence(inputs, scale, implementation="reference"),
+    "reference, reads at targets": lambda inputs, scale, mask: fwm_recurrence(
+        inputs, scale, implementation="reference", read_mask=mask),
+    "official-style loop": lambda inputs, scale, mask: official_style_loop(inputs, scale),
 }
+
+
+def target_mask(config: Config) -> Tensor:
+    """``[T, B]`` bool: where the configuration's task takes a loss. catbAbI (QM mode): the answer positions of a
+    training window of generated stories (about 4% of the tokens; 70% of the steps hold one in some row at B 32);
+    meta-RL: every step (the policy acts on every read)."""
+    if config.name != "catbabi":
+        return torch.ones(config.steps, config.batch, dtype=torch.bool)
+    from fwm_rl.train.tasks.babi import CatBAbITask
+    from fwm_rl.train.tasks.babi_gen import generate_splits
+
+    splits = generate_splits(0, {"train": 200, "val": 1, "test": 1})
+    task = CatBAbITask(splits, "qm", config.batch, config.steps, config.batch, seed=0)
+    return task.train_batch(0).scored
 
 
 def make_inputs(config: Config, seed: int = 0) -> tuple[list[Tensor], Tensor]:
@@ -100,11 +124,12 @@ def make_inputs(config: Config, seed: int = 0) -> tuple[list[Tensor], Tensor]:
 
 
 def forward_backward(fn: Callable[..., tuple[Tensor, Tensor]], tensors: list[Tensor], starts: Tensor,
-                     write_scale: float) -> None:
-    """One forward+backward with gradients to every input, F₀ included, and on the final F."""
+                     write_scale: float, mask: Tensor) -> None:
+    """One forward+backward with gradients to every input, F₀ included, from a loss on the reads where ``mask``
+    holds and on the final F."""
     inputs = [t.detach().requires_grad_() for t in tensors]
-    reads, final = fn(RecurrenceInputs(*inputs, starts), write_scale)
-    (reads.sum() + final.square().sum()).backward()
+    reads, final = fn(RecurrenceInputs(*inputs, starts), write_scale, mask)
+    ((reads * mask.unsqueeze(-1)).sum() + final.square().sum()).backward()
 
 
 def _status_mib(key: str) -> Optional[float]:
@@ -133,7 +158,8 @@ def activation_mib(config_name: str, name: str) -> Optional[float]:
     except OSError:
         return None
     before = _status_mib("VmRSS")
-    forward_backward(IMPLEMENTATIONS[name], tensors, starts, config.write_scale)
+    mask = target_mask(config)
+    forward_backward(IMPLEMENTATIONS[name], tensors, starts, config.write_scale, mask)
     peak = _status_mib("VmHWM")
     return None if before is None or peak is None else peak - before
 
@@ -167,13 +193,14 @@ def bench(config: Config, name: str, repeats: int, sgemm: Sgemm) -> dict:
     sgemm round; measure its memory in a fresh process."""
     fn = IMPLEMENTATIONS[name]
     tensors, starts = make_inputs(config)
+    mask = target_mask(config)
     with multiprocessing.get_context("spawn").Pool(1) as pool:
         memory = pool.apply(activation_mib, (config.name, name))
-    forward_backward(fn, tensors, starts, config.write_scale)
+    forward_backward(fn, tensors, starts, config.write_scale, mask)
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        forward_backward(fn, tensors, starts, config.write_scale)
+        forward_backward(fn, tensors, starts, config.write_scale, mask)
         times.append(time.perf_counter() - start)
         sgemm.round()
     median = statistics.median(times)

@@ -4,7 +4,8 @@ The loss is taken on the reads where the configuration's task has a target (:fun
 "..., reads at targets" rows (the read mask of ``fwm_rl.recurrence``) do the same work the task needs with the
 reads elsewhere skipped; their GFLOP/s still counts the nominal work of every read.
 
-For each configuration: forward+backward wall time (median and min over repeats), tokens/s (B·T per second),
+For each configuration: forward+backward wall time (median and min over repeats, the implementations timed in
+alternation; the speed-up is against the first implementation listed), tokens/s (B·T per second),
 achieved GFLOP/s of 6·(2 + N_r)·d³ FLOPs per token (forward: one contraction for the old value, one rank-1
 update and N_r reads, d³ multiply-adds each; the backward counted as twice the forward), that rate as a share of
 this machine's sgemm rate (float32 ``torch.mm`` of 2048² matrices, best of rounds interleaved with the timed runs,
@@ -188,28 +189,35 @@ def nominal_gflop(config: Config) -> float:
     return 6 * (2 + config.n_reads) * config.dim**3 * config.batch * config.steps / 1e9
 
 
-def bench(config: Config, name: str, repeats: int, sgemm: Sgemm) -> dict:
-    """Time ``repeats`` forward+backward runs of one implementation after a warm-up run, each followed by an
-    sgemm round; measure its memory in a fresh process."""
-    fn = IMPLEMENTATIONS[name]
+def bench(config: Config, names: list[str], repeats: int, sgemm: Sgemm) -> list[dict]:
+    """Time ``repeats`` forward+backward runs of each implementation after a warm-up run, in rounds that run each
+    implementation once (so that the load of a shared machine hits them alike), each round followed by an sgemm
+    round; measure each one's memory in a fresh process."""
     tensors, starts = make_inputs(config)
     mask = target_mask(config)
-    with multiprocessing.get_context("spawn").Pool(1) as pool:
-        memory = pool.apply(activation_mib, (config.name, name))
-    forward_backward(fn, tensors, starts, config.write_scale, mask)
-    times = []
+    memory = {}
+    for name in names:
+        with multiprocessing.get_context("spawn").Pool(1) as pool:
+            memory[name] = pool.apply(activation_mib, (config.name, name))
+        forward_backward(IMPLEMENTATIONS[name], tensors, starts, config.write_scale, mask)
+    times: dict[str, list[float]] = {name: [] for name in names}
     for _ in range(repeats):
-        start = time.perf_counter()
-        forward_backward(fn, tensors, starts, config.write_scale, mask)
-        times.append(time.perf_counter() - start)
+        for name in names:
+            start = time.perf_counter()
+            forward_backward(IMPLEMENTATIONS[name], tensors, starts, config.write_scale, mask)
+            times[name].append(time.perf_counter() - start)
         sgemm.round()
-    median = statistics.median(times)
-    gflops = nominal_gflop(config) / median
-    return {
-        "config": config.name, "implementation": name, "median_ms": 1e3 * median, "min_ms": 1e3 * min(times),
-        "tokens_per_s": config.batch * config.steps / median, "gflops": gflops,
-        "best_gflops": nominal_gflop(config) / min(times), "activation_mib": memory, "repeats": repeats,
-    }
+    rows = []
+    for name in names:
+        median = statistics.median(times[name])
+        rows.append({
+            "config": config.name, "implementation": name, "median_ms": 1e3 * median,
+            "min_ms": 1e3 * min(times[name]), "tokens_per_s": config.batch * config.steps / median,
+            "gflops": nominal_gflop(config) / median, "best_gflops": nominal_gflop(config) / min(times[name]),
+            "activation_mib": memory[name], "repeats": repeats,
+            "speedup_vs_first": statistics.median(times[names[0]]) / median,
+        })
+    return rows
 
 
 def float32_error(seeds: int) -> None:
@@ -242,6 +250,7 @@ def main() -> None:
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
     parser.add_argument("--implementations", nargs="+", default=list(IMPLEMENTATIONS), choices=list(IMPLEMENTATIONS))
     parser.add_argument("--repeats", type=int, default=7, help="timed forward+backward runs per cell (after a warm-up)")
+    parser.add_argument("--threads", type=int, help="torch threads [default: torch's]")
     parser.add_argument("--json", help="also write the rows to this JSON file")
     parser.add_argument("--float32-error", action="store_true", help="measure float32 error instead of speed")
     parser.add_argument("--seeds", type=int, default=100, help="inputs per d for --float32-error")
@@ -250,6 +259,8 @@ def main() -> None:
         float32_error(args.seeds)
         return
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     sgemm = Sgemm()
     cpu = platform.processor() or platform.machine()
     kernel = load_extension().module
@@ -258,20 +269,20 @@ def main() -> None:
           f"load average {os.getloadavg()[0]:.1f}")
     rows = []
     for config_name in args.configs:
-        for name in args.implementations:
-            rows.append(bench(CONFIGS[config_name], name, args.repeats, sgemm))
-    print(f"sgemm (2048², best of {len(rows) * args.repeats} rounds interleaved with the runs) {sgemm.gflops:.0f} "
+        rows += bench(CONFIGS[config_name], args.implementations, args.repeats, sgemm)
+    print(f"sgemm (2048², best of {len(args.configs) * args.repeats} rounds interleaved with the runs) {sgemm.gflops:.0f} "
           f"GFLOP/s; load average at the end {os.getloadavg()[0]:.1f}")
-    print("| config | implementation | fwd+bwd median (min) ms | tokens/s | GFLOP/s median (best) "
-          "| % of sgemm median (best) | activation MiB |")
-    print("|---|---|---|---|---|---|---|")
+    print("| config | implementation | fwd+bwd median (min) ms | speed-up vs first (medians) | tokens/s "
+          "| GFLOP/s median (best) | % of sgemm median (best) | activation MiB |")
+    print("|---|---|---|---|---|---|---|---|")
     for row in rows:
         config = CONFIGS[row["config"]]
         row["sgemm_gflops"] = sgemm.gflops
         row["sgemm_fraction"] = row["gflops"] / sgemm.gflops
         memory = "n/a" if row["activation_mib"] is None else f"{row['activation_mib']:.0f}"
         print(f"| {config.name} (B {config.batch}, T {config.steps}, d {config.dim}, N_r {config.n_reads}) | "
-              f"{row['implementation']} | {row['median_ms']:.1f} ({row['min_ms']:.1f}) | {row['tokens_per_s']:.3g} | "
+              f"{row['implementation']} | {row['median_ms']:.1f} ({row['min_ms']:.1f}) | "
+              f"{row['speedup_vs_first']:.2f}x | {row['tokens_per_s']:.3g} | "
               f"{row['gflops']:.1f} ({row['best_gflops']:.1f}) | {100 * row['sgemm_fraction']:.1f}% "
               f"({100 * row['best_gflops'] / sgemm.gflops:.1f}%) | {memory} |")
     if args.json:

@@ -1,6 +1,11 @@
 """Fused FWM recurrence vs the PyTorch reference vs a per-step loop in the official code's style, on CPU.
 
-For each configuration: forward+backward wall time (median and min over repeats), tokens/s (B·T per second),
+The loss is taken on the reads where the configuration's task has a target (:func:`target_mask`), so the
+"..., reads at targets" rows (the read mask of ``fwm_rl.recurrence``) do the same work the task needs with the
+reads elsewhere skipped; their GFLOP/s still counts the nominal work of every read.
+
+For each configuration: forward+backward wall time (median and min over repeats, the implementations timed in
+alternation; the speed-up is against the first implementation listed), tokens/s (B·T per second),
 achieved GFLOP/s of 6·(2 + N_r)·d³ FLOPs per token (forward: one contraction for the old value, one rank-1
 update and N_r reads, d³ multiply-adds each; the backward counted as twice the forward), that rate as a share of
 this machine's sgemm rate (float32 ``torch.mm`` of 2048² matrices, best of rounds interleaved with the timed runs,
@@ -14,6 +19,7 @@ many seeds (the measurement behind the float32 bound of ``tests/test_fused.py``)
 
     .venv/bin/python benchmarks/bench_fused.py                      # both configurations, all implementations
     .venv/bin/python benchmarks/bench_fused.py --configs meta_rl --implementations fused --repeats 9
+    .venv/bin/python benchmarks/bench_fused.py --configs catbabi --implementations fused "fused, reads at targets"
     ATEN_CPU_CAPABILITY=avx2 .venv/bin/python benchmarks/bench_fused.py --float32-error --seeds 100
 """
 from __future__ import annotations
@@ -74,11 +80,30 @@ def official_style_loop(inputs: RecurrenceInputs, write_scale: float) -> tuple[T
     return torch.stack(reads), F
 
 
+# Each takes (inputs, write scale, the read mask of the configuration); "... at targets" reads only where it is True.
 IMPLEMENTATIONS: dict[str, Callable[..., tuple[Tensor, Tensor]]] = {
-    "fused": lambda inputs, scale: fwm_recurrence(inputs, scale, implementation="fused"),
-    "reference": lambda inputs, scale: fwm_recurrence(inputs, scale, implementation="reference"),
-    "official-style loop": official_style_loop,
+    "fused": lambda inputs, scale, mask: fwm_recurrence(inputs, scale, implementation="fused"),
+    "fused, reads at targets": lambda inputs, scale, mask: fwm_recurrence(inputs, scale, implementation="fused",
+                                                                          read_mask=mask),
+    "reference": lambda inputs, scale, mask: fwm_recurrence(inputs, scale, implementation="reference"),
+    "reference, reads at targets": lambda inputs, scale, mask: fwm_recurrence(
+        inputs, scale, implementation="reference", read_mask=mask),
+    "official-style loop": lambda inputs, scale, mask: official_style_loop(inputs, scale),
 }
+
+
+def target_mask(config: Config) -> Tensor:
+    """``[T, B]`` bool: where the configuration's task takes a loss. catbAbI (QM mode): the answer positions of a
+    training window of generated stories (about 4% of the tokens; 70% of the steps hold one in some row at B 32);
+    meta-RL: every step (the policy acts on every read)."""
+    if config.name != "catbabi":
+        return torch.ones(config.steps, config.batch, dtype=torch.bool)
+    from fwm_rl.train.tasks.babi import CatBAbITask
+    from fwm_rl.train.tasks.babi_gen import generate_splits
+
+    splits = generate_splits(0, {"train": 200, "val": 1, "test": 1})
+    task = CatBAbITask(splits, "qm", config.batch, config.steps, config.batch, seed=0)
+    return task.train_batch(0).scored
 
 
 def make_inputs(config: Config, seed: int = 0) -> tuple[list[Tensor], Tensor]:
@@ -100,11 +125,12 @@ def make_inputs(config: Config, seed: int = 0) -> tuple[list[Tensor], Tensor]:
 
 
 def forward_backward(fn: Callable[..., tuple[Tensor, Tensor]], tensors: list[Tensor], starts: Tensor,
-                     write_scale: float) -> None:
-    """One forward+backward with gradients to every input, F₀ included, and on the final F."""
+                     write_scale: float, mask: Tensor) -> None:
+    """One forward+backward with gradients to every input, F₀ included, from a loss on the reads where ``mask``
+    holds and on the final F."""
     inputs = [t.detach().requires_grad_() for t in tensors]
-    reads, final = fn(RecurrenceInputs(*inputs, starts), write_scale)
-    (reads.sum() + final.square().sum()).backward()
+    reads, final = fn(RecurrenceInputs(*inputs, starts), write_scale, mask)
+    ((reads * mask.unsqueeze(-1)).sum() + final.square().sum()).backward()
 
 
 def _status_mib(key: str) -> Optional[float]:
@@ -133,7 +159,8 @@ def activation_mib(config_name: str, name: str) -> Optional[float]:
     except OSError:
         return None
     before = _status_mib("VmRSS")
-    forward_backward(IMPLEMENTATIONS[name], tensors, starts, config.write_scale)
+    mask = target_mask(config)
+    forward_backward(IMPLEMENTATIONS[name], tensors, starts, config.write_scale, mask)
     peak = _status_mib("VmHWM")
     return None if before is None or peak is None else peak - before
 
@@ -162,27 +189,35 @@ def nominal_gflop(config: Config) -> float:
     return 6 * (2 + config.n_reads) * config.dim**3 * config.batch * config.steps / 1e9
 
 
-def bench(config: Config, name: str, repeats: int, sgemm: Sgemm) -> dict:
-    """Time ``repeats`` forward+backward runs of one implementation after a warm-up run, each followed by an
-    sgemm round; measure its memory in a fresh process."""
-    fn = IMPLEMENTATIONS[name]
+def bench(config: Config, names: list[str], repeats: int, sgemm: Sgemm) -> list[dict]:
+    """Time ``repeats`` forward+backward runs of each implementation after a warm-up run, in rounds that run each
+    implementation once (so that the load of a shared machine hits them alike), each round followed by an sgemm
+    round; measure each one's memory in a fresh process."""
     tensors, starts = make_inputs(config)
-    with multiprocessing.get_context("spawn").Pool(1) as pool:
-        memory = pool.apply(activation_mib, (config.name, name))
-    forward_backward(fn, tensors, starts, config.write_scale)
-    times = []
+    mask = target_mask(config)
+    memory = {}
+    for name in names:
+        with multiprocessing.get_context("spawn").Pool(1) as pool:
+            memory[name] = pool.apply(activation_mib, (config.name, name))
+        forward_backward(IMPLEMENTATIONS[name], tensors, starts, config.write_scale, mask)
+    times: dict[str, list[float]] = {name: [] for name in names}
     for _ in range(repeats):
-        start = time.perf_counter()
-        forward_backward(fn, tensors, starts, config.write_scale)
-        times.append(time.perf_counter() - start)
+        for name in names:
+            start = time.perf_counter()
+            forward_backward(IMPLEMENTATIONS[name], tensors, starts, config.write_scale, mask)
+            times[name].append(time.perf_counter() - start)
         sgemm.round()
-    median = statistics.median(times)
-    gflops = nominal_gflop(config) / median
-    return {
-        "config": config.name, "implementation": name, "median_ms": 1e3 * median, "min_ms": 1e3 * min(times),
-        "tokens_per_s": config.batch * config.steps / median, "gflops": gflops,
-        "best_gflops": nominal_gflop(config) / min(times), "activation_mib": memory, "repeats": repeats,
-    }
+    rows = []
+    for name in names:
+        median = statistics.median(times[name])
+        rows.append({
+            "config": config.name, "implementation": name, "median_ms": 1e3 * median,
+            "min_ms": 1e3 * min(times[name]), "tokens_per_s": config.batch * config.steps / median,
+            "gflops": nominal_gflop(config) / median, "best_gflops": nominal_gflop(config) / min(times[name]),
+            "activation_mib": memory[name], "repeats": repeats,
+            "speedup_vs_first": statistics.median(times[names[0]]) / median,
+        })
+    return rows
 
 
 def float32_error(seeds: int) -> None:
@@ -215,6 +250,7 @@ def main() -> None:
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
     parser.add_argument("--implementations", nargs="+", default=list(IMPLEMENTATIONS), choices=list(IMPLEMENTATIONS))
     parser.add_argument("--repeats", type=int, default=7, help="timed forward+backward runs per cell (after a warm-up)")
+    parser.add_argument("--threads", type=int, help="torch threads [default: torch's]")
     parser.add_argument("--json", help="also write the rows to this JSON file")
     parser.add_argument("--float32-error", action="store_true", help="measure float32 error instead of speed")
     parser.add_argument("--seeds", type=int, default=100, help="inputs per d for --float32-error")
@@ -223,6 +259,8 @@ def main() -> None:
         float32_error(args.seeds)
         return
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     sgemm = Sgemm()
     cpu = platform.processor() or platform.machine()
     kernel = load_extension().module
@@ -231,20 +269,20 @@ def main() -> None:
           f"load average {os.getloadavg()[0]:.1f}")
     rows = []
     for config_name in args.configs:
-        for name in args.implementations:
-            rows.append(bench(CONFIGS[config_name], name, args.repeats, sgemm))
-    print(f"sgemm (2048², best of {len(rows) * args.repeats} rounds interleaved with the runs) {sgemm.gflops:.0f} "
+        rows += bench(CONFIGS[config_name], args.implementations, args.repeats, sgemm)
+    print(f"sgemm (2048², best of {len(args.configs) * args.repeats} rounds interleaved with the runs) {sgemm.gflops:.0f} "
           f"GFLOP/s; load average at the end {os.getloadavg()[0]:.1f}")
-    print("| config | implementation | fwd+bwd median (min) ms | tokens/s | GFLOP/s median (best) "
-          "| % of sgemm median (best) | activation MiB |")
-    print("|---|---|---|---|---|---|---|")
+    print("| config | implementation | fwd+bwd median (min) ms | speed-up vs first (medians) | tokens/s "
+          "| GFLOP/s median (best) | % of sgemm median (best) | activation MiB |")
+    print("|---|---|---|---|---|---|---|---|")
     for row in rows:
         config = CONFIGS[row["config"]]
         row["sgemm_gflops"] = sgemm.gflops
         row["sgemm_fraction"] = row["gflops"] / sgemm.gflops
         memory = "n/a" if row["activation_mib"] is None else f"{row['activation_mib']:.0f}"
         print(f"| {config.name} (B {config.batch}, T {config.steps}, d {config.dim}, N_r {config.n_reads}) | "
-              f"{row['implementation']} | {row['median_ms']:.1f} ({row['min_ms']:.1f}) | {row['tokens_per_s']:.3g} | "
+              f"{row['implementation']} | {row['median_ms']:.1f} ({row['min_ms']:.1f}) | "
+              f"{row['speedup_vs_first']:.2f}x | {row['tokens_per_s']:.3g} | "
               f"{row['gflops']:.1f} ({row['best_gflops']:.1f}) | {100 * row['sgemm_fraction']:.1f}% "
               f"({100 * row['best_gflops'] / sgemm.gflops:.1f}%) | {memory} |")
     if args.json:

@@ -105,6 +105,7 @@ class FWMCore(MemoryCore):
     """
 
     kind = "fwm"
+    supports_read_mask = True  # forward takes read_mask (read-skipping for losses at a few positions)
 
     def __init__(
         self,
@@ -159,7 +160,16 @@ class FWMCore(MemoryCore):
             self.lstm.bias_hh_l0.zero_()
             self.lstm.bias_ih_l0[H:2 * H] = forget_bias  # nn.LSTM gate order: i, f, g, o
 
-    def _forward(self, x: Tensor, state: State, episode_starts: Tensor) -> tuple[Tensor, State]:
+    def forward(self, x: Tensor, state: Optional[State] = None, episode_starts: Optional[Tensor] = None,
+                read_mask: Optional[Tensor] = None) -> tuple[Tensor, State]:
+        """As :meth:`MemoryCore.forward`; ``read_mask [T, B]`` or ``[T]`` (bool, optional) skips the reads of F where
+        it is False: y there is the output of a zero read, and a loss taken only where it is True (with its
+        gradients) is unchanged (see :mod:`fwm_rl.recurrence`)."""
+        x, state, episode_starts = self._check_inputs(x, state, episode_starts)
+        return self._forward(x, state, episode_starts, read_mask)
+
+    def _forward(self, x: Tensor, state: State, episode_starts: Tensor, read_mask: Optional[Tensor] = None
+                 ) -> tuple[Tensor, State]:
         h0, c0, F0 = state
         T, B, _ = x.shape
         d, n_reads = self.memory_size, self.n_reads
@@ -172,7 +182,8 @@ class FWMCore(MemoryCore):
         edges = edges.tanh() if self.tanh_edges else edges  # [T, B, N_r, d]
         inputs = RecurrenceInputs(keys_s.tanh(), keys_r.tanh(), values.tanh(), beta, queries, edges, F0,
                                   episode_starts)
-        reads, F = fwm_recurrence(inputs, self.write_scale, implementation=self.recurrence)  # [T, B, d], [B, d, d, d]
+        reads, F = fwm_recurrence(inputs, self.write_scale, implementation=self.recurrence,
+                                  read_mask=read_mask)  # [T, B, d], [B, d, d, d]
         y = self.out_proj(reads)  # [T, B, H]
         if self.residual:
             y = y + h_seq

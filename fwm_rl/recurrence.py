@@ -14,12 +14,17 @@ b (F is d×d×d, F₀ given, LN is a LayerNorm over d with no affine parameters)
     F  ← F + λ β K ⊗ (v − v̂)                         (delta rule)
     F  ← F / max(1, ‖F‖_F)                           (norm clamp over the whole tensor)
     n  = n⁽⁰⁾;  for i in 1..N_r:  n ← LN(Σ_ab n_a e⁽ⁱ⁾_b F_ab:)   (write before read)
+
+The reads feed only the output, never F. An optional ``read_mask`` (``[T, B]`` or ``[T]`` bool, True where the
+read is wanted) skips them, and their backward, where it is False: the reads there are zero and carry no gradient,
+F and every other result are unchanged. A loss taken only where the mask is True is therefore the same, and so are
+its gradients; without a mask every step reads.
 """
 from __future__ import annotations
 
 import functools
 import warnings
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import torch
 import torch.nn.functional as nnf
@@ -67,15 +72,36 @@ class RecurrenceInputs(NamedTuple):
             raise ValueError(f"read_edges must have shape {(T, B, 'N_r', d)}, got {tuple(edges.shape)}")
 
 
-def fwm_recurrence_reference(inputs: RecurrenceInputs, write_scale: float) -> tuple[Tensor, Tensor]:
+def check_read_mask(read_mask: Optional[Tensor], values: Tensor) -> Optional[Tensor]:
+    """``read_mask`` as a ``[T, B]`` bool tensor (a ``[T]`` one broadcast over the batch), or None for none;
+    ``ValueError`` naming it for another shape, dtype or device than ``values [T, B, d]`` allows."""
+    if read_mask is None:
+        return None
+    T, B, _ = values.shape
+    if not isinstance(read_mask, Tensor) or read_mask.dtype != torch.bool:
+        kind = read_mask.dtype if isinstance(read_mask, Tensor) else type(read_mask).__name__
+        raise ValueError(f"read_mask must be a bool tensor of shape [T, B] or [T], got {kind}")
+    if tuple(read_mask.shape) not in ((T, B), (T,)):
+        raise ValueError(f"read_mask must have shape {(T, B)} or {(T,)} for values of shape {tuple(values.shape)}, "
+                         f"got {tuple(read_mask.shape)}")
+    if read_mask.device != values.device:
+        raise ValueError(f"read_mask is on {read_mask.device}, values on {values.device}")
+    return read_mask.view(T, 1).expand(T, B) if read_mask.dim() == 1 else read_mask
+
+
+def fwm_recurrence_reference(inputs: RecurrenceInputs, write_scale: float, read_mask: Optional[Tensor] = None
+                             ) -> tuple[Tensor, Tensor]:
     """PyTorch reference of the FWM recurrence (the specification of the fused kernel).
 
     :param inputs: the per-step inputs and F₀ (shapes in :class:`RecurrenceInputs`)
     :param write_scale: λ
+    :param read_mask: ``[T, B]`` bool (checked by :func:`check_read_mask`) or None: reads are made only where it
+        is True (and at a step only if some row's is), zero elsewhere
     :return: reads n⁽ᴺʳ⁾ ``[T, B, d]`` and F after the last step ``[B, d, d, d]``
     """
     keys_s, keys_r, values, beta, read_queries, read_edges, F, episode_starts = inputs
     T, B, d = values.shape
+    any_read = [True] * T if read_mask is None else read_mask.any(dim=1).tolist()
     reads = []
     for t in range(T):
         F = torch.where(episode_starts[t].view(B, 1, 1, 1), F.new_zeros(()), F)
@@ -84,11 +110,14 @@ def fwm_recurrence_reference(inputs: RecurrenceInputs, write_scale: float) -> tu
         update = (write_scale * beta[t]).view(B, 1) * (values[t] - v_old)  # (B, d)
         F = F + key.unsqueeze(3) * update.view(B, 1, 1, d)
         F = F / F.flatten(1).norm(dim=1).clamp(min=1.0).view(B, 1, 1, 1)
+        if not any_read[t]:
+            reads.append(values.new_zeros(B, d))
+            continue
         n = read_queries[t]
         for i in range(read_edges.shape[2]):
             n = torch.einsum("bi,bj,bijk->bk", n, read_edges[t, :, i], F)  # (B, d)
             n = nnf.layer_norm(n, (d,), eps=LAYER_NORM_EPS)
-        reads.append(n)
+        reads.append(n if read_mask is None else torch.where(read_mask[t].view(B, 1), n, n.new_zeros(())))
     return torch.stack(reads), F
 
 
@@ -98,10 +127,12 @@ def _warn_fallback(reason: str) -> None:
     warnings.warn(f"fwm_rl: fused FWM recurrence unavailable ({reason}); using the PyTorch reference", stacklevel=3)
 
 
-def fwm_recurrence(inputs: RecurrenceInputs, write_scale: float, implementation: str = "auto"
-                   ) -> tuple[Tensor, Tensor]:
+def fwm_recurrence(inputs: RecurrenceInputs, write_scale: float, implementation: str = "auto",
+                   read_mask: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
     """The FWM recurrence (same arguments and results as :func:`fwm_recurrence_reference`).
 
+    :param read_mask: ``[T, B]`` or ``[T]`` bool, True where the reads are wanted; None (the default) reads at every
+        step (see the module docstring)
     :param implementation: "reference" (the PyTorch loop), "fused" (the C++ kernel: CPU, float32/float64, d ≤
         ``MAX_DIM`` of the kernel; ``ValueError`` for other inputs, ``RuntimeError`` if the kernel is unavailable) or
         "auto" (fused where it can run, else the reference, with a one-time warning where only the kernel's absence
@@ -111,15 +142,16 @@ def fwm_recurrence(inputs: RecurrenceInputs, write_scale: float, implementation:
         raise ValueError(f"unknown FWM recurrence implementation {implementation!r}; expected one of {IMPLEMENTATIONS}")
     inputs = RecurrenceInputs(*inputs)
     inputs.check_shapes()
+    read_mask = check_read_mask(read_mask, inputs.values)
     if implementation != "reference":
         status = load_extension()
         unsupported = unsupported_reason(inputs, status.module)
         if status.module is not None and unsupported is None:
-            return fwm_recurrence_fused(inputs, write_scale, LAYER_NORM_EPS)
+            return fwm_recurrence_fused(inputs, write_scale, LAYER_NORM_EPS, read_mask)
         if implementation == "fused" and unsupported is not None:
             raise ValueError(f"implementation='fused' cannot take these inputs: {unsupported}")
         if implementation == "fused":
             raise RuntimeError(f"implementation='fused' is unavailable: {status.reason}")
         if unsupported is None:
             _warn_fallback(status.reason)
-    return fwm_recurrence_reference(inputs, write_scale)
+    return fwm_recurrence_reference(inputs, write_scale, read_mask)

@@ -222,6 +222,100 @@ def test_fused_gradcheck_float64():
         )
 
 
+# ----- Read-skipping: an opt-in read mask skips the reads (and their backward) where no output is wanted.
+def make_read_mask(T: int, B: int, seed: int = 7, density: float = 0.3) -> Tensor:
+    """A ``[T, B]`` mask with about ``density`` of the entries set, step 1 read by no row and step 0 by every row."""
+    mask = torch.rand(T, B, generator=torch.Generator().manual_seed(seed)) < density
+    mask[1], mask[0] = False, True
+    return mask
+
+
+def masked_loss_run(implementation: str, tensors: list[Tensor], starts: Tensor, write_scale: float, target: Tensor,
+                    read_mask: Tensor | None, split: int | None = None) -> list[Tensor]:
+    """[loss, reads at the targets, final F, grads of the 7 inputs] for a loss on the reads at ``target`` only
+    (plus one on the final F), the sequence run whole or in two chunks at ``split`` with F carried."""
+    inputs = [t.detach().clone().requires_grad_() for t in tensors]
+    *per_step, F0 = inputs
+    T = starts.shape[0]
+    bounds = [(0, T)] if split is None else [(0, split), (split, T)]
+    reads, F = [], F0
+    for lo, hi in bounds:
+        mask = None if read_mask is None else read_mask[lo:hi]
+        chunk, F = fwm_recurrence(RecurrenceInputs(*(x[lo:hi] for x in per_step), F, starts[lo:hi]), write_scale,
+                                  implementation=implementation, read_mask=mask)
+        reads.append(chunk)
+    reads = torch.cat(reads)
+    g = torch.Generator().manual_seed(1)
+    w_reads = torch.randn(reads.shape, generator=g, dtype=torch.float64).to(reads.dtype)
+    w_final = torch.randn(F.shape, generator=g, dtype=torch.float64).to(F.dtype)
+    loss = (reads * w_reads * target.unsqueeze(-1)).sum() + (F * w_final).sum()
+    loss.backward()
+    return [loss.detach(), reads.detach()[target], F.detach(), *(x.grad for x in inputs)]
+
+
+@pytest.mark.parametrize("implementation", ["reference", pytest.param("fused", marks=needs_kernel)])
+@pytest.mark.parametrize("split", [None, 5])
+def test_skipping_reads_leaves_a_loss_at_the_targets_and_its_gradients_unchanged_float64(implementation, split):
+    T, B, d, n_reads = 12, 4, 6, 3
+    tensors, starts = make_inputs(T, B, d, n_reads, f0_scale=0.4, seed=2)
+    target = make_read_mask(T, B)
+    every = run_with_grads("reference", tensors, starts, 0.5)  # the unmasked run reads at every step
+    with short_segments():
+        skipped = masked_loss_run(implementation, tensors, starts, 0.5, target, target, split)
+        full = masked_loss_run(implementation, tensors, starts, 0.5, target, None, split)
+    # The forward is the same arithmetic where the reads are made: equal to the last bit.
+    assert torch.equal(skipped[1], full[1]) and torch.equal(skipped[2], full[2])
+    torch.testing.assert_close(skipped[0], full[0], rtol=1e-12, atol=0)
+    assert_all_close(skipped[1:], full[1:], rel=1e-12)
+    torch.testing.assert_close(full[1], every[0][target], rtol=1e-10, atol=1e-10)
+    # Where the reads were skipped, their inputs get no gradient.
+    assert torch.equal(skipped[3 + 4][~target], torch.zeros_like(skipped[3 + 4][~target]))  # read_queries
+    assert torch.equal(skipped[3 + 5][~target], torch.zeros_like(skipped[3 + 5][~target]))  # read_edges
+
+
+@needs_kernel
+@pytest.mark.parametrize(
+    "T, B, d, n_reads", [(9, 3, 16, 3), (8, 2, 32, 3), (7, 3, 5, 1), (10, 4, 7, 4), (6, 2, 32, 9)]
+)
+def test_fused_with_a_read_mask_matches_the_reference_float64(T, B, d, n_reads):
+    tensors, starts = make_inputs(T, B, d, n_reads, f0_scale=0.3, seed=T)
+    mask = make_read_mask(T, B, seed=d)
+    results = {}
+    for implementation in ("fused", "reference"):
+        inputs = [t.detach().clone().requires_grad_() for t in tensors]
+        with short_segments():
+            reads, final = fwm_recurrence(RecurrenceInputs(*inputs, starts), 0.3, implementation=implementation,
+                                          read_mask=mask)
+        g = torch.Generator().manual_seed(1)
+        ((reads * torch.randn(reads.shape, generator=g, dtype=torch.float64)).sum()
+         + (final * torch.randn(final.shape, generator=g, dtype=torch.float64)).sum()).backward()
+        results[implementation] = [reads.detach(), final.detach(), *(x.grad for x in inputs)]
+    assert torch.equal(results["fused"][0][~mask], torch.zeros_like(results["fused"][0][~mask]))
+    assert_all_close(results["fused"], results["reference"], rel=1e-10)
+
+
+@pytest.mark.parametrize("implementation", ["reference", pytest.param("fused", marks=needs_kernel)])
+def test_a_per_step_read_mask_equals_its_broadcast_over_the_batch(implementation):
+    tensors, starts = make_inputs(T=7, B=3, d=4, n_reads=2)
+    steps = torch.tensor([True, False, False, True, False, True, False])
+    inputs = RecurrenceInputs(*tensors, starts)
+    per_step = fwm_recurrence(inputs, 0.5, implementation=implementation, read_mask=steps)
+    broadcast = fwm_recurrence(inputs, 0.5, implementation=implementation,
+                               read_mask=steps.view(7, 1).expand(7, 3).contiguous())
+    assert all(torch.equal(a, b) for a, b in zip(per_step, broadcast))
+
+
+def test_bad_read_masks_raise_value_errors_naming_the_mask():
+    tensors, starts = make_inputs(T=3, B=2, d=4, n_reads=2)
+    inputs = RecurrenceInputs(*tensors, starts)
+    for bad, message in [(torch.ones(3, 2), "bool tensor"), (torch.ones(2, 3, dtype=torch.bool), r"shape \(3, 2\)"),
+                         (torch.ones(3, 2, 1, dtype=torch.bool), "shape"), ([True] * 3, "bool tensor"),
+                         (torch.ones(3, 2, dtype=torch.bool, device="meta"), "on meta")]:
+        with pytest.raises(ValueError, match="read_mask") as error:
+            fwm_recurrence(inputs, 0.25, read_mask=bad)
+        assert error.match(message)
+
+
 @needs_kernel
 def test_auto_takes_the_fused_kernel_for_cpu_float_inputs_and_saves_nothing_without_grad():
     tensors, starts = make_inputs(T=4, B=2, d=4, n_reads=3)
@@ -342,6 +436,10 @@ def _valid_call(dtype: torch.dtype = torch.float64, T: int = 3, B: int = 2, d: i
     return ext, inputs, saved, torch.ones_like(reads), torch.ones_like(final)
 
 
+def _valid_read_mask(inputs: RecurrenceInputs) -> Tensor:
+    return torch.ones(inputs.beta.shape, dtype=torch.bool)
+
+
 def _malformed(x: Tensor, layout: str, how: str) -> Tensor:
     """``x`` made wrong in one way: rank, d, T, B, contiguity or dtype."""
     if how == "rank":
@@ -354,12 +452,18 @@ def _malformed(x: Tensor, layout: str, how: str) -> Tensor:
     return torch.cat([x, x.narrow(dim, 0, 1)], dim) if dim >= 0 else x.unsqueeze(0)
 
 
+def _read_mask_cases(entry: str):
+    for how in ("rank", "T", "B", "non-contiguous", "dtype"):
+        yield pytest.param("read_mask", how, id=f"{entry}-read_mask-{how}")
+
+
 def _forward_cases():
     for name, layout in INPUT_LAYOUTS.items():
         for how in ("rank", "d", "T", "B", "non-contiguous", "dtype"):
             if how == "d" and "d" not in layout or how in "TB" and how not in layout:
                 continue
             yield pytest.param(name, how, id=f"forward-{name}-{how}")
+    yield from _read_mask_cases("forward")
 
 
 def _backward_cases():
@@ -369,12 +473,17 @@ def _backward_cases():
             if how in "TB" and how not in layout:
                 continue
             yield pytest.param(name, how, id=f"backward-{name}-{how}")
+    yield from _read_mask_cases("backward")
 
 
 @pytest.mark.skipif(os.environ.get(IN_SUBPROCESS) != "1", reason="run by the subprocess test below")
 @pytest.mark.parametrize("name, how", list(_forward_cases()))
 def test_malformed_forward_call_raises_naming_the_argument(name, how):
     ext, inputs, _, _, _ = _valid_call()
+    if name == "read_mask":
+        with pytest.raises(RuntimeError, match=name):
+            ext.forward(inputs, 0.5, 1e-5, 2, True, _malformed(_valid_read_mask(inputs), "TB", how))
+        return
     bad = inputs._replace(**{name: _malformed(getattr(inputs, name), INPUT_LAYOUTS[name], how)})
     with pytest.raises(RuntimeError, match=name):
         ext.forward(bad, 0.5, 1e-5, 2, True)
@@ -384,6 +493,11 @@ def test_malformed_forward_call_raises_naming_the_argument(name, how):
 @pytest.mark.parametrize("name, how", list(_backward_cases()))
 def test_malformed_backward_call_raises_naming_the_argument(name, how):
     ext, inputs, saved, grad_reads, grad_final = _valid_call()
+    if name == "read_mask":
+        with pytest.raises(RuntimeError, match=name):
+            ext.backward(grad_reads, grad_final, inputs, saved, 0.5, 1e-5, 2,
+                         _malformed(_valid_read_mask(inputs), "TB", how))
+        return
     args = {"grad_reads": grad_reads, "grad_final": grad_final, "inputs": inputs,
             "saved": dict(zip(("ckpt", "vhat", "norm", "z"), saved))}
     layout = {"grad_reads": "TBd", "grad_final": "Bddd", "vhat": "TBd", "norm": "TB", "z": "TBNd", "ckpt": "Bnx",

@@ -82,6 +82,36 @@ def test_resume_continues_exactly_where_the_run_stopped(tmp_path, capsys):
         torch.testing.assert_close(resumed[name], value, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("task", ["catbabi", "art"])
+def test_skipping_the_fwm_reads_trains_like_reading_at_every_step(tmp_path, task):
+    """catbAbI QM (reads at the answers only) and ART (at the last step only): the same losses, metrics and weights
+    after a few steps, up to float32 rounding of the gradients."""
+    common = dict(task=task, core="fwm", hidden_size=16, core_kwargs={"memory_size": 4}, steps=4, eval_freq=2,
+                  threads=1, seed=3)
+    if task == "catbabi":
+        common.update(stories_per_task=10, seq_len=40, batch_size=4, mode="qm")
+    else:
+        common.update(ART_SMALL, train_size=256, val_size=64, test_size=64, batch_size=16,
+                      data_dir=str(tmp_path / "data"))
+    runs = {skip: train(SupervisedConfig(**common, skip_reads=skip), run_dir=tmp_path / f"skip-{skip}",
+                        progress_bar=False, quiet=True) for skip in (True, False)}
+    for key in ("val/loss", "val/acc", "test/best_loss", "test/best_acc"):
+        assert runs[True][key] == pytest.approx(runs[False][key], rel=1e-4, abs=1e-6), key
+    torch.testing.assert_close(flat_parameters(runs[True]["model"]), flat_parameters(runs[False]["model"]),
+                               rtol=1e-4, atol=1e-5)
+
+
+def test_read_mask_covers_the_targets_and_scored_positions_or_the_last_step():
+    from fwm_rl.train.supervised import read_mask
+    from fwm_rl.train.tasks.base import IGNORE, Batch
+
+    targets = torch.tensor([[IGNORE, 3], [5, IGNORE], [IGNORE, IGNORE]])
+    scored = torch.tensor([[False, True], [True, False], [False, True]])
+    batch = Batch(tokens=torch.zeros(3, 2, dtype=torch.long), targets=targets, scored=scored)
+    assert read_mask(batch, "linear").tolist() == [[False, True], [True, False], [False, True]]
+    assert read_mask(batch, "mlp_last").tolist() == [False, False, True]
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [

@@ -242,22 +242,71 @@ data_dir: {data_dir}
 """
 
 
-def test_supervised_sweep_reports_the_test_error_of_each_run(tmp_path, capsys):
-    code, out, _ = cli(["supervised", "--help"], capsys)
-    if "--experiment" not in out or "--config" not in out:
-        pytest.skip("needs the run layer's `fwm-rl supervised --config FILE --experiment NAME` (branch runlayer)")
-    (tmp_path / "art-lstm.yaml").write_text(SUPERVISED_CONFIG.format(data_dir=tmp_path / "data"))
-    code, _, err = cli(["sweep", "--command", "supervised", "--config", str(tmp_path / "art-lstm.yaml"), "--seeds", "2",
-                        "--jobs", "2", "--runs-dir", str(tmp_path), "--name", "art", "--no-progress-bar"], capsys)
+def _first_step_at_or_below(metrics_csv: Path, column: str, threshold: float) -> float:
+    """Written here from the CSV: the first step whose ``column`` is set and <= threshold (NaN if none)."""
+    import csv
+
+    with metrics_csv.open(newline="") as f:
+        for row in csv.DictReader(f):
+            if row.get(column) not in (None, "") and float(row[column]) <= threshold:
+                return float(row["step"])
+    return float("nan")
+
+
+def test_supervised_sweep_of_configs_x_seeds_reports_final_error_steps_to_threshold_and_curves(tmp_path, capsys):
+    """Two configs x two seeds of tiny ART runs with a periodic test evaluation: the report's final test error is
+    each run's last logged test/error, its steps-to-threshold the first step at or below it (read here from the
+    CSV), and the test-error curves are drawn."""
+    for core in ("lstm", "gru"):
+        (tmp_path / f"art-{core}.yaml").write_text(
+            SUPERVISED_CONFIG.format(data_dir=tmp_path / "data").replace("core: lstm", f"core: {core}")
+            .replace("eval_freq: 10", "eval_freq: 5") + "eval_test_periodically: true\nlearning_rate: 0.01\n")
+    code, _, err = cli(["sweep", "--command", "supervised", "--config", str(tmp_path / "art-lstm.yaml"),
+                        str(tmp_path / "art-gru.yaml"), "--seeds", "2", "--jobs", "2", "--runs-dir", str(tmp_path),
+                        "--name", "art", "--no-progress-bar"], capsys)
     assert code == 0, err
     folder = tmp_path / "art"
-    assert [run["state"] for run in manifest(folder)["runs"].values()] == ["done", "done"]
-    code, out, _ = cli(["report", str(folder), "--metric", "best_error", "--lower-is-better", "--out",
-                        str(tmp_path / "report")], capsys)
+    runs = [f"art-{core}-seed{seed}" for core in ("lstm", "gru") for seed in (0, 1)]
+    finals = {}
+    for name in runs:
+        rows = [line.split(",") for line in (folder / name / "metrics.csv").read_text().splitlines()]
+        column = rows[0].index("test/error")
+        finals[name] = [float(row[column]) for row in rows[1:] if row[column] != ""][-1]
+    threshold = float(np.median(list(finals.values())))  # some runs reach it, maybe not all
+    code, out, _ = cli(["report", str(folder), "--metric", "error", "--lower-is-better", "--splits", "test",
+                        "--threshold", str(threshold), "--reps", "200", "--out", str(tmp_path / "report")], capsys)
     assert code == 0
     (table,) = json.loads((tmp_path / "report" / "report.json").read_text())["tables"]
+    for core in ("lstm", "gru"):
+        agent = f"art-{core}"
+        names = [name for name in runs if name.startswith(agent + "-")]
+        assert table["agents"][agent]["scores"] == pytest.approx({name: finals[name] for name in names})
+        steps_to = table["steps_to"][agent]
+        expected = {name: _first_step_at_or_below(folder / name / "metrics.csv", "test/error", threshold)
+                    for name in names}
+        assert steps_to["steps"] == pytest.approx({k: (None if np.isnan(v) else v) for k, v in expected.items()})
+        reached = [v for v in expected.values() if not np.isnan(v)]
+        assert steps_to["reached"] == len(reached) and steps_to["runs"] == 2
+        if reached:
+            assert steps_to["mean"]["value"] == pytest.approx(np.mean(reached))
+    assert sum(hit["reached"] for hit in table["steps_to"].values()) >= 2  # the median is reached by half the runs
+    assert (tmp_path / "report" / "curves_test.png").stat().st_size > 0
+    assert f"reached error <= {threshold:g}" in out and "| art-gru | 2 |" in out
+    # --metric best_error: the test error of each run's best-on-val checkpoint, as its results.json has it.
+    code, _, _ = cli(["report", str(folder), "--metric", "best_error", "--lower-is-better", "--reps", "200",
+                      "--out", str(tmp_path / "best")], capsys)
+    assert code == 0
+    (table,) = json.loads((tmp_path / "best" / "report.json").read_text())["tables"]
     assert table["split"] == "test" and table["source"] == "last logged test/best_error in metrics.csv"
-    errors = {name: json.loads((folder / name / "results.json").read_text())["test/best_error"]
-              for name in ("art-lstm-seed0", "art-lstm-seed1")}
-    assert table["agents"]["art-lstm"]["scores"] == pytest.approx(errors)
-    assert table["agents"]["art-lstm"]["mean"]["value"] == pytest.approx(np.mean(list(errors.values())))
+    best = {name: json.loads((folder / name / "results.json").read_text())["test/best_error"] for name in runs[:2]}
+    assert table["agents"]["art-lstm"]["scores"] == pytest.approx(best)
+
+
+def test_steps_to_threshold_is_the_first_logged_step_that_reaches_it():
+    from fwm_rl.train.report import steps_to_threshold
+
+    steps, errors = [10, 20, 30, 40], [0.5, float("nan"), 0.009, 0.02]
+    assert steps_to_threshold(steps, errors, 0.01, lower_is_better=True) == 30
+    assert steps_to_threshold(steps, errors, 0.5, lower_is_better=True) == 10
+    assert np.isnan(steps_to_threshold(steps, errors, 0.001, lower_is_better=True))
+    assert steps_to_threshold(steps, [0.1, 0.95, float("nan"), 0.99], 0.99, lower_is_better=False) == 40

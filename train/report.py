@@ -8,6 +8,11 @@ for a split evaluated only during training (val), from the last value of ``<spli
 The bootstrap resamples the runs of each agent independently (one stratum per agent and task, so with one task per
 agent it resamples seeds) with ``scipy.stats.bootstrap``'s percentile method, as rliable does; rliable itself does not
 import under our pins (its ``arch`` dependency fails against pandas 3).
+
+Supervised sweeps (``fwm-rl sweep --command supervised``) are read from metrics.csv alone: ``--metric error
+--lower-is-better --splits test`` gives each run's final test error (its last periodic test evaluation, so the runs
+need ``eval_test_periodically``; ``--metric best_error``: the best-on-val checkpoint's) and the test-error curves, and
+``--threshold 0.01`` adds the steps each run took to reach 1% test error.
 """
 from __future__ import annotations
 
@@ -212,6 +217,34 @@ def learning_curves(sweep_dir: Path, runs_by_agent: dict[str, list[str]], split:
     return curves
 
 
+def steps_to_threshold(steps: Sequence[float], values: Sequence[float], threshold: float, lower_is_better: bool
+                       ) -> float:
+    """The first logged step whose value reaches ``threshold`` (``<=`` it when lower is better, else ``>=``); NaN
+    if no logged value does (NaN values are skipped)."""
+    for step, value in zip(steps, values):
+        if not math.isnan(value) and (value <= threshold if lower_is_better else value >= threshold):
+            return float(step)
+    return math.nan
+
+
+def threshold_table(sweep_dir: Path, by_agent: dict[str, dict[str, float]], split: str, metric: str,
+                    threshold: float, lower_is_better: bool, reps: int, seed: int) -> dict[str, dict[str, Any]]:
+    """Per agent, the steps its runs took to reach ``threshold`` on ``split/metric`` (metrics.csv): how many
+    runs reached it, the mean [95% CI] and median steps of those that did, and each run's steps (NaN: never)."""
+    table = {}
+    for agent, runs in by_agent.items():
+        per_run = {}
+        for name in runs:
+            columns = read_metrics(Path(sweep_dir) / name)
+            per_run[name] = steps_to_threshold(columns["step"], columns.get(f"{split}/{metric}", []), threshold,
+                                               lower_is_better)
+        reached = np.array([steps for steps in per_run.values() if not math.isnan(steps)])
+        table[agent] = {"threshold": threshold, "runs": len(per_run), "reached": len(reached),
+                        "mean": bootstrap_interval((reached,), mean, reps, seed) if len(reached) else None,
+                        "median": float(np.median(reached)) if len(reached) else math.nan, "steps": per_run}
+    return table
+
+
 def plot_curves(curves: dict[str, dict[str, np.ndarray]], split: str, metric: str, out: Path) -> Path:
     import matplotlib
 
@@ -245,11 +278,26 @@ def markdown(sweep_dir: Path, tables: list[dict[str, Any]], metric: str, curve_f
              f"runs of each agent (scipy.stats.bootstrap, {reps:,} resamples, seed {seed}); IQM: mean of the middle "
              "50% of runs (25% trimmed from each end, none with fewer than 4 runs).", ""]
     for table in tables:
+        steps_to = table.get("steps_to", {})
+        threshold = next(iter(steps_to.values()))["threshold"] if steps_to else None
+        reach = "<=" if table.get("lower_is_better") else ">="
+        extra = (f" reached {metric} {reach} {threshold:g} | steps to it: mean [95% CI] | median |"
+                 if steps_to else "")
         lines += [f"## {table['split']} ({table['source']})", "",
-                  "| agent | runs | mean [95% CI] | IQM [95% CI] | median | min | max |", "|---|---|---|---|---|---|---|"]
+                  f"| agent | runs | final mean [95% CI] | IQM [95% CI] | median | min | max |{extra}",
+                  "|---|---|---|---|---|---|---|" + ("---|---|---|" if steps_to else "")]
         for agent, row in table["agents"].items():
+            cells = ""
+            if agent in steps_to:
+                hit = steps_to[agent]
+                interval = "-" if hit["mean"] is None else hit["mean"].markdown(0)
+                median = "-" if math.isnan(hit["median"]) else f"{hit['median']:.0f}"
+                cells = f" {hit['reached']} of {hit['runs']} | {interval} | {median} |"
             lines.append(f"| {agent} | {row['runs']} | {row['mean'].markdown(digits)} | {row['iqm'].markdown(digits)} "
-                         f"| {row['median']:.{digits}f} | {row['min']:.{digits}f} | {row['max']:.{digits}f} |")
+                         f"| {row['median']:.{digits}f} | {row['min']:.{digits}f} | {row['max']:.{digits}f} |{cells}")
+        if steps_to:
+            lines += ["", f"Steps to {metric} {reach} {threshold:g}: the first logged step at which a run's "
+                          f"{table['split']}/{metric} reached it; the mean and median are over the runs that did."]
         if table["undefined"]:
             lines += ["", f"Left out, {metric} undefined (NaN): {', '.join(table['undefined'])}."]
         if table["references"]:
@@ -282,9 +330,10 @@ def _json_ready(value: Any) -> Any:
 
 def write_report(sweep_dir: Path, out: Optional[Path] = None, metric: str = "return",
                  splits: Optional[Sequence[str]] = None, lower_is_better: bool = False, reps: int = 10_000,
-                 seed: int = 0) -> dict[str, Any]:
+                 seed: int = 0, threshold: Optional[float] = None) -> dict[str, Any]:
     """Aggregate a sweep into OUT (default SWEEP_DIR/report): report.md, report.json and curves_<split>.png per split
-    with curves. Returns {"markdown", "tables", "files"}."""
+    with curves; with ``threshold``, also the steps each agent's runs took to reach it (:func:`threshold_table`).
+    Returns {"markdown", "tables", "files"}."""
     sweep_dir = Path(sweep_dir)
     if reps < 1:
         raise UserError(f"--reps must be >= 1, got {reps}")
@@ -293,6 +342,11 @@ def write_report(sweep_dir: Path, out: Optional[Path] = None, metric: str = "ret
     manifest = read_manifest(sweep_dir)
     finished = [name for name, run in manifest["runs"].items() if run["state"] == DONE]
     tables = [aggregate(scores, reps, seed, lower_is_better) for scores in all_scores]
+    for table, scores in zip(tables, all_scores):
+        table["lower_is_better"] = lower_is_better
+        if threshold is not None:
+            table["steps_to"] = threshold_table(sweep_dir, scores.by_agent, scores.split, metric, threshold,
+                                                lower_is_better, reps, seed)
     runs_by_agent: dict[str, list[str]] = {}
     for name in finished:
         runs_by_agent.setdefault(manifest["runs"][name]["agent"], []).append(name)
@@ -312,7 +366,8 @@ def write_report(sweep_dir: Path, out: Optional[Path] = None, metric: str = "ret
 
 def run_report(args: argparse.Namespace) -> int:
     result = write_report(Path(args.sweep_dir), args.out, metric=args.metric, splits=args.splits,
-                          lower_is_better=args.lower_is_better, reps=args.reps, seed=args.seed)
+                          lower_is_better=args.lower_is_better, reps=args.reps, seed=args.seed,
+                          threshold=args.threshold)
     print(result["markdown"])
     print("wrote " + ", ".join(str(path) for path in result["files"]))
     return 0
@@ -327,7 +382,8 @@ def add_parser(commands: Any, formatter_class: type = argparse.HelpFormatter) ->
             "Aggregate the finished runs of a `fwm-rl sweep` folder per agent (config) and split: mean and IQM of the "
             "final score with 95% stratified-bootstrap CIs, the probability that one agent beats another, learning "
             "curves as mean ± 95% CI over seeds (PNG) and a markdown table (report.md, report.json).", width=100),
-        epilog="examples:\n  fwm-rl report runs/sweep\n  fwm-rl report runs/sweep --splits test val --out docs/results/sweep")
+        epilog="examples:\n  fwm-rl report runs/sweep\n  fwm-rl report runs/sweep --splits test val --out docs/results/sweep"
+               "\n  fwm-rl report runs/art --metric error --lower-is-better --splits test --threshold 0.01")
     parser.add_argument("sweep_dir", metavar="SWEEP_DIR", help="folder made by `fwm-rl sweep`")
     parser.add_argument("--out", type=Path, help="folder for report.md, report.json and the PNGs [default: "
                                                  "SWEEP_DIR/report]")
@@ -337,6 +393,10 @@ def add_parser(commands: Any, formatter_class: type = argparse.HelpFormatter) ->
     parser.add_argument("--splits", nargs="+", metavar="SPLIT", help="splits to report [default: those of the final "
                                                                      "evaluation, then held-out splits in metrics.csv]")
     parser.add_argument("--lower-is-better", action="store_true", help="a lower score wins (error, loss)")
+    parser.add_argument("--threshold", type=float,
+                        help="also report the steps each run took to reach this score on the logged curve (<= it "
+                             "with --lower-is-better, else >=), e.g. --metric error --lower-is-better --threshold "
+                             "0.01 for steps to < 1%% error")
     parser.add_argument("--reps", type=int, default=10_000, help="bootstrap resamples [default: 10000]")
     parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap [default: 0]")
     parser.set_defaults(func=run_report)

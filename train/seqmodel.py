@@ -51,9 +51,23 @@ class SequenceModel(nn.Module):
     def initial_state(self, batch_size: int) -> State:
         return self.core.initial_state(batch_size)
 
-    def forward(self, tokens: Tensor, state: Optional[State] = None) -> tuple[Tensor, State]:
-        """``tokens [T, B]`` -> logits (``[B, vocab]`` for ``mlp_last``, else ``[T, B, vocab]``) and the state."""
-        y, state = self.core(self.embedding(tokens), state)  # y [T, B, H]
+    @property
+    def skips_reads(self) -> bool:
+        """Whether the core can skip work at the steps a ``read_mask`` leaves out (the FWM's reads of F)."""
+        return getattr(self.core, "supports_read_mask", False)
+
+    def forward(self, tokens: Tensor, state: Optional[State] = None, read_mask: Optional[Tensor] = None
+                ) -> tuple[Tensor, State]:
+        """``tokens [T, B]`` -> logits (``[B, vocab]`` for ``mlp_last``, else ``[T, B, vocab]``) and the state.
+
+        ``read_mask [T, B]`` or ``[T]`` (bool, optional) marks the steps whose logits are used; a core that
+        :attr:`skips_reads` skips its reads elsewhere (the logits there are then meaningless), any other ignores it.
+        """
+        embedded = self.embedding(tokens)
+        if read_mask is not None and self.skips_reads:
+            y, state = self.core(embedded, state, read_mask=read_mask)  # y [T, B, H]
+        else:
+            y, state = self.core(embedded, state)
         if self.head_kind == "mlp_last":
             return self.head(y[-1]), state  # [B, vocab]
         return self.head(y), state  # [T, B, vocab]

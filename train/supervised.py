@@ -22,7 +22,7 @@ from typing import Any, ClassVar, Literal, Optional
 
 import torch
 import torch.distributed as dist
-from torch import nn
+from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
@@ -36,7 +36,7 @@ from fwm_rl.train.seqmodel import SequenceModel, build_sequence_model, count_par
 from fwm_rl.train.tasks.art import ARTTask, load_or_make_splits
 from fwm_rl.train.tasks.babi import CatBAbITask, read_babi_dir
 from fwm_rl.train.tasks.babi_gen import generate_splits
-from fwm_rl.train.tasks.base import Task, add_sums, empty_sums, score
+from fwm_rl.train.tasks.base import IGNORE, Batch, Task, add_sums, empty_sums, score
 from fwm_rl.train.tasks.lm import LMTask, read_corpus
 
 TASKS = ("art", "mart", "catbabi", "lm")
@@ -109,6 +109,9 @@ class SupervisedConfig(runner.RunConfig):
     """lm: tokens per truncated-BPTT window."""
     tie_weights: bool = False
     """lm: tie the decoder to the embedding (needs embed size = core output size)."""
+    skip_reads: bool = True
+    """fwm: skip the reads of F (and their backward) at steps with no target or scored position (catbabi qm: all
+    but the answers; art/mart: all but the last); loss, gradients and metrics are unchanged."""
 
     RESUMABLE: ClassVar[tuple[str, ...]] = ("steps", "device", "threads")
 
@@ -227,8 +230,10 @@ def make_model(cfg: SupervisedConfig, task: Task, hidden: int) -> SequenceModel:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, task: Task, split: str, device: torch.device, ranks: Dist) -> dict[str, float]:
-    """Metrics ``{split}/...`` over the whole split (each rank scores its share; the sums are all-reduced)."""
+def evaluate(model: nn.Module, task: Task, split: str, device: torch.device, ranks: Dist, skip_reads: bool = False
+             ) -> dict[str, float]:
+    """Metrics ``{split}/...`` over the whole split (each rank scores its share; the sums are all-reduced);
+    ``skip_reads`` as in :func:`run_model`."""
     was_training = model.training
     model.eval()
     total = empty_sums(task.num_groups, device)
@@ -237,10 +242,28 @@ def evaluate(model: nn.Module, task: Task, split: str, device: torch.device, ran
         batch = batch.to(device)
         if batch.reset or not task.carries_state:
             state = None
-        logits, state = model(batch.tokens, state)
+        logits, state = run_model(model, batch, state, task, skip_reads)
         total = add_sums(total, score(logits, batch, task.num_groups)[1])
     model.train(was_training)
     return task.summarize(split, ranks.all_reduce(total))
+
+
+def read_mask(batch: Batch, head: str) -> Tensor:
+    """The steps whose logits the loss or the metrics use: ``[T]`` (only the last) for a last-step head, else
+    ``[T, B]`` (a target or a scored position)."""
+    if head == "mlp_last":
+        mask = torch.zeros(batch.tokens.shape[0], dtype=torch.bool, device=batch.tokens.device)
+        mask[-1] = True
+        return mask
+    return (batch.targets != IGNORE) | batch.scored
+
+
+def run_model(model: nn.Module, batch: Batch, state: Optional[State], task: Task, skip_reads: bool
+              ) -> tuple[Tensor, State]:
+    """``model(batch.tokens, state)``, with the :func:`read_mask` of ``batch`` when ``skip_reads``."""
+    if not skip_reads:
+        return model(batch.tokens, state)
+    return model(batch.tokens, state, read_mask=read_mask(batch, task.head))
 
 
 def _to_cpu(state: Optional[State]) -> Optional[State]:
@@ -309,7 +332,7 @@ class SupervisedTrainer(runner.Trainer):
             batch = task.train_batch(step).to(device)
             if batch.reset or not task.carries_state:
                 carry = None
-            logits, state = net(batch.tokens, carry)
+            logits, state = run_model(net, batch, carry, task, cfg.skip_reads)
             loss, sums = score(logits, batch, task.num_groups)
             runner.check_finite_loss(loss, step, step)
             self.optimizer.zero_grad(set_to_none=True)
@@ -325,9 +348,9 @@ class SupervisedTrainer(runner.Trainer):
                 continue
             metrics = task.summarize("train", ranks.all_reduce(window))
             metrics["train/steps_per_s"] = (done - tic_step) / (time.perf_counter() - tic)
-            metrics.update(evaluate(model, task, "val", device, ranks))
+            metrics.update(evaluate(model, task, "val", device, ranks, cfg.skip_reads))
             if cfg.eval_test_periodically:
-                metrics.update(evaluate(model, task, "test", device, ranks))
+                metrics.update(evaluate(model, task, "test", device, ranks, cfg.skip_reads))
             improved = metrics[task.best_metric] < self.best
             if improved:
                 self.best, self.best_step = metrics[task.best_metric], done
@@ -354,7 +377,7 @@ class SupervisedTrainer(runner.Trainer):
         final = copy.deepcopy(self.model)
         final.load_state_dict(best["model"])
         test = {k.replace("test/", "test/best_", 1): v
-                for k, v in evaluate(final, self.task, "test", self.device, ranks).items()}
+                for k, v in evaluate(final, self.task, "test", self.device, ranks, cfg.skip_reads).items()}
         val = {k: v for k, v in best["metrics"].items() if k.startswith("val/")}
         results = {"best_step": self.best_step, **val, **test, "parameters": n_params,
                    "hidden_size": self.hidden_size, "run_dir": str(run.path)}

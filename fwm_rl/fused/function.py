@@ -52,38 +52,44 @@ def checkpoint_interval(steps: int, dim: int, itemsize: int) -> int:
 class FusedRecurrence(torch.autograd.Function):
     """Autograd wrapper of the extension's forward and backward over the fields of a ``RecurrenceInputs``."""
 
+    N_CONSTANTS = 4  # make_inputs, write_scale, eps, read_mask: the arguments before the tensors
+
     @staticmethod
-    def forward(ctx: Any, make_inputs: Any, write_scale: float, eps: float, *tensors: Tensor
-                ) -> tuple[Tensor, Tensor]:
+    def forward(ctx: Any, make_inputs: Any, write_scale: float, eps: float, read_mask: Optional[Tensor],
+                *tensors: Tensor) -> tuple[Tensor, Tensor]:
         inputs = make_inputs(tensors)
         T, _, d = inputs.values.shape
         every = checkpoint_interval(T, d, inputs.values.element_size())
         save = any(ctx.needs_input_grad)
-        reads, final, saved = load_extension().module.forward(inputs, write_scale, eps, every, save)
+        reads, final, saved = load_extension().module.forward(inputs, write_scale, eps, every, save, read_mask)
         if save:
             ctx.save_for_backward(*inputs, *saved)
-            ctx.constants = (make_inputs, write_scale, eps, every)
+            ctx.constants = (make_inputs, write_scale, eps, every, read_mask)
         return reads, final
 
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, grad_reads: Optional[Tensor], grad_final: Optional[Tensor]) -> tuple[Optional[Tensor], ...]:
-        make_inputs, write_scale, eps, every = ctx.constants
-        n_inputs = len(ctx.needs_input_grad) - 3
+        make_inputs, write_scale, eps, every, read_mask = ctx.constants
+        n_inputs = len(ctx.needs_input_grad) - FusedRecurrence.N_CONSTANTS
         inputs, saved = make_inputs(ctx.saved_tensors[:n_inputs]), list(ctx.saved_tensors[n_inputs:])
         grad_reads = torch.zeros_like(inputs.values) if grad_reads is None else grad_reads.contiguous()
         grad_final = torch.zeros_like(inputs.fast_weights) if grad_final is None else grad_final.contiguous()
-        grads = load_extension().module.backward(grad_reads, grad_final, inputs, saved, write_scale, eps, every)
-        needs = ctx.needs_input_grad[3:]
-        return (None, None, None, *(g if need else None for g, need in zip(grads, needs)), None)
+        grads = load_extension().module.backward(grad_reads, grad_final, inputs, saved, write_scale, eps, every,
+                                                 read_mask)
+        needs = ctx.needs_input_grad[FusedRecurrence.N_CONSTANTS:]
+        return (*[None] * FusedRecurrence.N_CONSTANTS, *(g if need else None for g, need in zip(grads, needs)), None)
 
 
-def fwm_recurrence_fused(inputs: NamedTuple, write_scale: float, eps: float) -> tuple[Tensor, Tensor]:
+def fwm_recurrence_fused(inputs: NamedTuple, write_scale: float, eps: float, read_mask: Optional[Tensor] = None
+                         ) -> tuple[Tensor, Tensor]:
     """Fused FWM recurrence; the caller checks :func:`unsupported_reason` and that the extension loaded.
 
     :param inputs: a ``RecurrenceInputs`` (shapes as in :func:`fwm_rl.recurrence.fwm_recurrence_reference`)
     :param eps: the LayerNorm epsilon
+    :param read_mask: ``[T, B]`` bool or None, as in :func:`fwm_rl.recurrence.fwm_recurrence_reference`
     """
     *floats, starts = (t.contiguous() for t in inputs)
-    return FusedRecurrence.apply(type(inputs)._make, float(write_scale), float(eps), *floats,
+    mask = None if read_mask is None else read_mask.to(torch.bool).contiguous()
+    return FusedRecurrence.apply(type(inputs)._make, float(write_scale), float(eps), mask, *floats,
                                  starts.to(torch.bool).contiguous())

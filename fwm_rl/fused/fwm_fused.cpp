@@ -15,6 +15,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -111,11 +112,20 @@ Dims check_inputs(const char* fn, const RecurrenceInputs& in, int64_t every) {
   return dims;
 }
 
+// The optional read mask: none (every step reads) or a [T, B] bool tensor, checked like the inputs.
+using ReadMask = std::optional<Tensor>;
+
+void check_read_mask(const char* fn, const ReadMask& read_mask, const Dims& dims) {
+  if (read_mask.has_value()) check_tensor(fn, "read_mask", *read_mask, torch::kBool, {dims.T, dims.B}, "[T, B]");
+}
+
 template <typename S>
-Views<S> views(const RecurrenceInputs& in, const Dims& dims, double write_scale, double eps, int64_t every) {
+Views<S> views(const RecurrenceInputs& in, const ReadMask& read_mask, const Dims& dims, double write_scale,
+               double eps, int64_t every) {
   return {in.keys_s.data_ptr<S>(),       in.keys_r.data_ptr<S>(),     in.values.data_ptr<S>(),
           in.beta.data_ptr<S>(),         in.read_queries.data_ptr<S>(), in.read_edges.data_ptr<S>(),
           in.fast_weights.data_ptr<S>(), in.episode_starts.data_ptr<bool>(),
+          read_mask.has_value() ? read_mask->data_ptr<bool>() : nullptr,
           dims.T, dims.B, dims.d, dims.N, every, static_cast<S>(write_scale), static_cast<S>(eps)};
 }
 
@@ -154,10 +164,12 @@ int64_t rows_per_task(int64_t T, int64_t d) {
 }
 
 // Returns reads [T, B, d], F_T [B, d, d, d] and the saved tensors (checkpoints empty unless `save`).
+// Reads skipped by `read_mask` (false at [t, b]) are zero.
 std::tuple<Tensor, Tensor, std::vector<Tensor>> forward(const py::handle& inputs_obj, double write_scale, double eps,
-                                                        int64_t every, bool save) {
+                                                        int64_t every, bool save, const ReadMask& read_mask) {
   const auto in = RecurrenceInputs::from_python(inputs_obj);
   const Dims dims = check_inputs("fwm_fused.forward", in, every);
+  check_read_mask("fwm_fused.forward", read_mask, dims);
   const auto [T, B, d, N] = dims;
   const auto options = in.values.options();
   const int64_t n_ckpt = save && T > 0 ? (T + every - 1) / every - 1 : 0;
@@ -170,7 +182,7 @@ std::tuple<Tensor, Tensor, std::vector<Tensor>> forward(const py::handle& inputs
     py::gil_scoped_release no_gil;
     AT_DISPATCH_FLOATING_TYPES(in.values.scalar_type(), "fwm_fused_forward", [&] {
       using S = scalar_t;
-      const auto v = views<S>(in, dims, write_scale, eps, every);
+      const auto v = views<S>(in, read_mask, dims, write_scale, eps, every);
       const Saved<S> sv{n_ckpt > 0 ? saved.ckpt.data_ptr<S>() : nullptr, n_ckpt, saved.vhat.data_ptr<S>(),
                         saved.norm.data_ptr<S>(), saved.z.data_ptr<S>()};
       S* r = reads.data_ptr<S>();
@@ -188,12 +200,15 @@ std::tuple<Tensor, Tensor, std::vector<Tensor>> forward(const py::handle& inputs
   return {reads, final, {saved.ckpt, saved.vhat, saved.norm, saved.z}};
 }
 
-// Returns the gradients wrt keys_s, keys_r, values, beta, read_queries, read_edges and fast_weights (F₀).
+// Returns the gradients wrt keys_s, keys_r, values, beta, read_queries, read_edges and fast_weights (F₀); the
+// read mask must be the forward's (grad_reads is ignored where it skipped the reads).
 std::vector<Tensor> backward(const Tensor& grad_reads, const Tensor& grad_final, const py::handle& inputs_obj,
-                             const std::vector<Tensor>& saved_list, double write_scale, double eps, int64_t every) {
+                             const std::vector<Tensor>& saved_list, double write_scale, double eps, int64_t every,
+                             const ReadMask& read_mask) {
   const char* fn = "fwm_fused.backward";
   const auto in = RecurrenceInputs::from_python(inputs_obj);
   const Dims dims = check_inputs(fn, in, every);
+  check_read_mask(fn, read_mask, dims);
   const auto [T, B, d, N] = dims;
   const auto dtype = in.values.scalar_type();
   TORCH_CHECK(saved_list.size() == 4, fn, ": saved must hold 4 tensors (ckpt, vhat, norm, z), got ",
@@ -214,7 +229,7 @@ std::vector<Tensor> backward(const Tensor& grad_reads, const Tensor& grad_final,
     py::gil_scoped_release no_gil;
     AT_DISPATCH_FLOATING_TYPES(dtype, "fwm_fused_backward", [&] {
       using S = scalar_t;
-      const auto v = views<S>(in, dims, write_scale, eps, every);
+      const auto v = views<S>(in, read_mask, dims, write_scale, eps, every);
       const Saved<S> sv{n_ckpt > 0 ? saved.ckpt.data_ptr<S>() : nullptr, n_ckpt, saved.vhat.data_ptr<S>(),
                         saved.norm.data_ptr<S>(), saved.z.data_ptr<S>()};
       const Grads<S> g{grads[0].data_ptr<S>(), grads[1].data_ptr<S>(), grads[2].data_ptr<S>(),
@@ -244,11 +259,13 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.attr("INPUT_NAMES") = py::cast(std::vector<std::string>(RecurrenceInputs::kNames.begin(),
                                                             RecurrenceInputs::kNames.end()));
   m.def("instruction_set", &instruction_set_name, "The instruction set whose kernel runs (follows torch's)");
-  m.def("forward", &forward, "FWM recurrence forward: (inputs, write_scale, eps, every, save) -> (reads, final, saved)",
-        py::arg("inputs"), py::arg("write_scale"), py::arg("eps"), py::arg("every"), py::arg("save"));
+  m.def("forward", &forward,
+        "FWM recurrence forward: (inputs, write_scale, eps, every, save, read_mask=None) -> (reads, final, saved)",
+        py::arg("inputs"), py::arg("write_scale"), py::arg("eps"), py::arg("every"), py::arg("save"),
+        py::arg("read_mask") = py::none());
   m.def("backward", &backward,
         "FWM recurrence backward, recomputing F from the checkpoints: "
-        "(grad_reads, grad_final, inputs, saved, write_scale, eps, every) -> 7 gradients",
+        "(grad_reads, grad_final, inputs, saved, write_scale, eps, every, read_mask=None) -> 7 gradients",
         py::arg("grad_reads"), py::arg("grad_final"), py::arg("inputs"), py::arg("saved"), py::arg("write_scale"),
-        py::arg("eps"), py::arg("every"));
+        py::arg("eps"), py::arg("every"), py::arg("read_mask") = py::none());
 }

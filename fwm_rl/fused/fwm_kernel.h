@@ -26,12 +26,15 @@ namespace {
 //            z⁽¹⁾ = (r + (q·k_s)(e⁽¹⁾·k_r) u) / c
 //   pass B (writes F):  F_t = F̃/c + K ⊗ u/c, and z⁽²⁾ = Σ n⁽¹⁾_a e⁽²⁾_b F_t,ab:
 //   one pass per further read.
+//   Where the read mask skips step t's reads: pass A contracts F̃ with K alone, pass B only writes, and the reads
+//   (and the z saved for the backward) are zero.
 // Backward, per step in reverse (P = dL/dF_t, Q = P + Σ_i n⁽ⁱ⁻¹⁾ ⊗ e⁽ⁱ⁾ ⊗ gz⁽ⁱ⁾, γ = ⟨F_t, Q⟩ when clamped):
 //   the recompute pass makes F_t from F̃ and also contracts F̃ with k_s and k_r (X̃_b, Ỹ_a) and F_t with every
 //   e⁽ⁱ⁾ (Yⁱ_a = Σ_b e⁽ⁱ⁾_b F_t,ab:, for the reads' chain through the LayerNorms); one write pass then makes
 //   dL/dF̃ = Q/c − γ F_t/c + K ⊗ gv̂, accumulates Σ_a n⁽ⁱ⁻¹⁾_a F_t,ab: (for the edge gradients) and already
 //   contracts the new dL/dF_{t-1} with step t−1's keys and with F_{t-1}, which is everything that step needs of it.
-//   Every other gradient follows in closed form from these d×d contractions.
+//   Every other gradient follows in closed form from these d×d contractions. At a step whose reads were skipped,
+//   the recompute pass makes no Yⁱ, the write pass has no read terms, and the read inputs' gradients are zero.
 
 constexpr int kVecBytes = FWM_VEC_BYTES;
 #define FWM_UNROLL _Pragma("GCC unroll 8")
@@ -297,11 +300,16 @@ struct Kernel {
       const S* q = in.vec(in.queries, t, b);
       const S* e1 = in.edge(t, b, 0);
       const S lb = in.write_scale * in.beta[tb];
+      const bool reads_here = in.reads_at(tb) > 0;
       outer(ks, kr, w.K.data());
-      outer(q, e1, w.C.data());
       Row ac[2];
       const S* coef[2] = {w.K.data(), w.C.data()};
-      contract<2>(F, coef, ac);
+      if (reads_here) {
+        outer(q, e1, w.C.data());
+        contract<2>(F, coef, ac);
+      } else {
+        contract<1>(F, coef, ac);
+      }
       const Row& vh = ac[0];
       Row u = scaled(load_vec(in.vec(in.values, t, b)), lb);
       fma(u, -lb, vh);
@@ -310,10 +318,18 @@ struct Kernel {
       const S norm = std::sqrt(std::max(g2, S(0)));
       const S inv_c = S(1) / std::max(norm, S(1));
       nsq = g2 * inv_c * inv_c;
+      S* z = saved.z + tb * N * d;
+      store_vec(vh, saved.vhat + tb * d);
+      saved.norm[tb] = norm;
+      if (!reads_here) {  // the write alone; the reads (and the z the backward would read) are zero
+        update<false>(F, inv_c, w.K.data(), scaled(u, inv_c), nullptr, nullptr);
+        std::fill(z, z + N * d, S(0));
+        std::fill(reads + tb * d, reads + tb * d + d, S(0));
+        continue;
+      }
       const S qe = sdot(q, ks, d) * sdot(e1, kr, d);
       Row z1 = ac[1];
       fma(z1, qe, u);
-      S* z = saved.z + tb * N * d;
       store_vec(scaled(z1, inv_c), z);
       std::copy(q, q + d, n);
       layer_norm(z, n + d, d, in.eps);
@@ -336,8 +352,6 @@ struct Kernel {
         layer_norm(z + i * d, n + (i + 1) * d, d, in.eps);
       }
       std::copy(n + N * d, n + (N + 1) * d, reads + tb * d);
-      store_vec(vh, saved.vhat + tb * d);
-      saved.norm[tb] = norm;
     }
     unpad(F, final + b * rows * d);
   }
@@ -374,6 +388,7 @@ struct Kernel {
     const S* kr = in.vec(in.keys_r, t, b);
     const S lb = in.write_scale * in.beta[tb];
     const bool reset = in.starts[tb];
+    const int64_t NR = in.reads_at(tb);
     const S inv_c = S(1) / std::max(saved_norm(tb), S(1));
     Row u = scaled(load_vec(in.vec(in.values, t, b)), lb);
     fma(u, -lb, load_vec(saved_vhat(tb)));
@@ -399,7 +414,7 @@ struct Kernel {
         store(f, cur + ab * Dp);
       }
       Yt[a] = y;
-      for (int64_t i = 0; i < N; ++i) {
+      for (int64_t i = 0; i < NR; ++i) {
         const S* e = in.edge(t, b, i);
         Row acc[2] = {zero(), zero()};
         int64_t bb = 0;
@@ -428,6 +443,7 @@ struct Kernel {
     const S* q = in.vec(in.queries, t, b);
     const S lb = in.write_scale * in.beta[tb];
     const bool reset = in.starts[tb];
+    const int64_t NR = in.reads_at(tb);  // 0 where the read mask skipped the reads: they carry no gradient
     const S norm = saved_norm(tb);
     const S inv_c = S(1) / std::max(norm, S(1));
     const S* vh = saved_vhat(tb);
@@ -443,9 +459,14 @@ struct Kernel {
     S* uu = gn + d;                   // d: u
     S* tmp = uu + d;                  // d
     std::copy(q, q + d, n);
-    for (int64_t i = 0; i < N; ++i) layer_norm(z + i * d, n + (i + 1) * d, d, in.eps);
-    std::copy(g_reads + tb * d, g_reads + tb * d + d, gn);
-    for (int64_t i = N - 1; i >= 0; --i) {
+    for (int64_t i = 0; i < NR; ++i) layer_norm(z + i * d, n + (i + 1) * d, d, in.eps);
+    if (NR > 0) {
+      std::copy(g_reads + tb * d, g_reads + tb * d + d, gn);
+    } else {
+      std::fill(gn, gn + d, S(0));
+      std::fill(grads.edges + tb * N * d, grads.edges + (tb + 1) * N * d, S(0));
+    }
+    for (int64_t i = NR - 1; i >= 0; --i) {
       layer_norm_backward(z + i * d, gn, gz + i * d, d, in.eps);
       const Row gzi = load_vec(gz + i * d);
       for (int64_t a = 0; a < d; ++a) gn[a] = dot(Ye[i * d + a], gzi);  // g n⁽ⁱ⁻¹⁾
@@ -455,7 +476,7 @@ struct Kernel {
     const Row u = load_vec(uu);
 
     S gamma = pf;
-    for (int64_t i = 0; i < N; ++i) gamma += sdot(z + i * d, gz + i * d, d);
+    for (int64_t i = 0; i < NR; ++i) gamma += sdot(z + i * d, gz + i * d, d);
     const S gc = norm >= S(1) ? gamma * inv_c : S(0);  // γ'/c
     const S ks2 = sdot(ks, ks, d), kr2 = sdot(kr, kr, d), u2 = sdot(uu, uu, d);
     // gu = (K·Q − γ' K·F_t)/c with K·Q = K·P + Σ_i (k_s·n⁽ⁱ⁻¹⁾)(k_r·e⁽ⁱ⁾) gz⁽ⁱ⁾ and K·F_t = (v̂ + ‖K‖² u)/c.
@@ -465,7 +486,7 @@ struct Kernel {
     S* kn = w.coef.data() + N * rows;  // k_s·n⁽ⁱ⁻¹⁾, then k_r·e⁽ⁱ⁾, then gz⁽ⁱ⁾·u
     S* ke = kn + N;
     S* gzu = ke + N;
-    for (int64_t i = 0; i < N; ++i) {
+    for (int64_t i = 0; i < NR; ++i) {
       kn[i] = sdot(ks, n + i * d, d);
       ke[i] = sdot(kr, in.edge(t, b, i), d);
       gzu[i] = sdot(gz + i * d, uu, d);
@@ -473,7 +494,7 @@ struct Kernel {
     S gu[kMaxDim];
     for (int64_t k = 0; k < d; ++k) {
       S kq = tmp[k];
-      for (int64_t i = 0; i < N; ++i) kq += kn[i] * ke[i] * gz[i * d + k];
+      for (int64_t i = 0; i < NR; ++i) kq += kn[i] * ke[i] * gz[i * d + k];
       gu[k] = (kq - gc * (vh[k] + ks2 * kr2 * uu[k])) * inv_c;
     }
     S gvh[kMaxDim];
@@ -496,7 +517,7 @@ struct Kernel {
       fma(acc, YP[a], u_c);
       if (!reset) fma(acc, Yt[a], wv);
       S s = hsum(acc) - gc * inv_c * ks[a] * kr2 * u2;
-      for (int64_t i = 0; i < N; ++i) s += inv_c * n[i * d + a] * ke[i] * gzu[i];
+      for (int64_t i = 0; i < NR; ++i) s += inv_c * n[i * d + a] * ke[i] * gzu[i];
       grads.keys_s[tb * d + a] = s;
     }
     for (int64_t bb = 0; bb < d; ++bb) {
@@ -504,18 +525,18 @@ struct Kernel {
       fma(acc, XP[bb], u_c);
       if (!reset) fma(acc, Xt[bb], wv);
       S s = hsum(acc) - gc * inv_c * kr[bb] * ks2 * u2;
-      for (int64_t i = 0; i < N; ++i) s += inv_c * in.edge(t, b, i)[bb] * kn[i] * gzu[i];
+      for (int64_t i = 0; i < NR; ++i) s += inv_c * in.edge(t, b, i)[bb] * kn[i] * gzu[i];
       grads.keys_r[tb * d + bb] = s;
     }
 
     // The write pass: dL/dF_{t-1} = sel(reset, 0, P/c + Σ_i C⁽ⁱ⁾_ab gz⁽ⁱ⁾/c − (γ'/c) F_t + K_ab gv̂); also the edge
     // gradients g e⁽ⁱ⁾_b = ⟨Σ_a n⁽ⁱ⁻¹⁾_a F_t,ab:, gz⁽ⁱ⁾⟩ and, for step t−1, the contractions of the new P.
     S* C = w.coef.data();  // C⁽ⁱ⁾_ab = n⁽ⁱ⁻¹⁾_a e⁽ⁱ⁾_b
-    for (int64_t i = 0; i < N; ++i) outer(n + i * d, in.edge(t, b, i), C + i * rows);
+    for (int64_t i = 0; i < NR; ++i) outer(n + i * d, in.edge(t, b, i), C + i * rows);
     S* K = w.K.data();
     outer(ks, kr, K);
     Row gzc[kMaxReadsInRows];
-    const int64_t n_gzc = std::min<int64_t>(N, kMaxReadsInRows);
+    const int64_t n_gzc = std::min<int64_t>(NR, kMaxReadsInRows);
     for (int64_t i = 0; i < n_gzc; ++i) gzc[i] = scaled(load_vec(gz + i * d), inv_c);
     const bool next = t > 0 && !reset;  // does step t−1 need the contractions of the new P?
     const S* ksp = next ? in.vec(in.keys_s, t - 1, b) : nullptr;
@@ -535,7 +556,7 @@ struct Kernel {
         const Row f = load(Ft + ab * Dp);
         Row p = scaled(load(prow), inv_c);
         for (int64_t i = 0; i < n_gzc; ++i) fma(p, C[i * rows + ab], gzc[i]);
-        for (int64_t i = n_gzc; i < N; ++i) fma(p, C[i * rows + ab] * inv_c, load_vec(gz + i * d));
+        for (int64_t i = n_gzc; i < NR; ++i) fma(p, C[i * rows + ab] * inv_c, load_vec(gz + i * d));
         fma(p, -gc, f);
         fma(p, K[ab], gvh_row);
         store(p, prow);
@@ -550,7 +571,7 @@ struct Kernel {
         add(pf_acc, pf_b);
       }
       // Edge gradients: Σ_a n⁽ⁱ⁻¹⁾_a F_t,ab: for this b, dotted with gz⁽ⁱ⁾.
-      for (int64_t i = 0; i < N; ++i) {
+      for (int64_t i = 0; i < NR; ++i) {
         Row acc[2] = {zero(), zero()};
         const S* ni = n + i * d;
         int64_t a = 0;

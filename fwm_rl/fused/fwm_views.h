@@ -8,15 +8,19 @@ namespace fwm {
 
 constexpr int64_t kMaxDim = 128;  // largest d the kernels take (exported to Python as MAX_DIM)
 
-// Raw views of contiguous inputs: vectors [T, B, d], edges [T, B, N, d], beta and starts [T, B], F₀ [B, d, d, d].
+// Raw views of contiguous inputs: vectors [T, B, d], edges [T, B, N, d], beta and starts [T, B], F₀ [B, d, d, d];
+// read_mask [T, B] or nullptr (every step reads).
 template <typename S>
 struct Views {
   const S *keys_s, *keys_r, *values, *beta, *queries, *edges, *fast_weights;
   const bool* starts;
+  const bool* read_mask;
   int64_t T, B, d, n_reads, every;
   S write_scale, eps;
 
   int64_t at(int64_t t, int64_t b) const { return t * B + b; }
+  // Reads made at index tb = at(t, b): N_r, or 0 where the read mask skips them (their reads are zero).
+  int64_t reads_at(int64_t tb) const { return read_mask == nullptr || read_mask[tb] ? n_reads : 0; }
   const S* vec(const S* base, int64_t t, int64_t b) const { return base + at(t, b) * d; }
   const S* edge(int64_t t, int64_t b, int64_t i) const { return edges + (at(t, b) * n_reads + i) * d; }
 };

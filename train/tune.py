@@ -461,7 +461,8 @@ def run_tune(args: argparse.Namespace) -> int:
     _optuna()
     base = _base_config(args)
     specs = space_specs(base.algo, base.core, args.space)
-    space = build_space(specs, base, str(args.space or SPACE_DIR / f"{base.algo}.yaml"))
+    source = f"search space {SPACE_DIR / base.algo}.yaml" + (f" + {args.space}" if args.space else "")
+    space = build_space(specs, base, source)
     if not space:
         raise UserError(f"the search space for {base.algo} + {base.core} is empty; nothing to tune")
     args.study = args.study or f"{base.experiment}-tune"

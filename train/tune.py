@@ -433,10 +433,21 @@ def _run_workers(args: argparse.Namespace, study, base: TrainConfig, specs: dict
           file=sys.stderr)
     bar = tqdm(total=args.trials, unit="trial", desc=f"study {args.study}", disable=not args.progress_bar,
                dynamic_ncols=True)
+    reported: set[int] = set()
+
+    def report_new_trials() -> None:
+        for trial in study.get_trials(deepcopy=False, states=_states("COMPLETE", "PRUNED", "FAIL")):
+            if trial.number not in reported:
+                reported.add(trial.number)
+                tqdm.write(describe(trial), file=sys.stderr)
+        done = min(finished_trials(study), args.trials)
+        if done != bar.n:
+            bar.update(done - bar.n)
+
     try:
         while any(process.poll() is None for process, _ in workers):
-            bar.update(min(finished_trials(study), args.trials) - bar.n)
-            time.sleep(0.5)
+            report_new_trials()
+            time.sleep(1.0)
     except KeyboardInterrupt:
         for process, _ in workers:
             process.send_signal(2)  # SIGINT: each worker's run saves a checkpoint at its next update
@@ -444,7 +455,7 @@ def _run_workers(args: argparse.Namespace, study, base: TrainConfig, specs: dict
             process.wait()
         raise
     finally:
-        bar.update(min(finished_trials(study), args.trials) - bar.n)
+        report_new_trials()
         bar.close()
         for _, log in workers:
             log.close()

@@ -362,7 +362,8 @@ def describe(trial) -> str:
     if state == "complete":
         what = f"val return {trial.value:.3f}"
     elif state == "pruned":
-        what = f"pruned at step {trial.user_attrs.get('pruned_at_step', '?'):,}"
+        step = trial.user_attrs.get("pruned_at_step")
+        what = f"pruned at step {step:,}" if step is not None else "pruned"
     else:
         what = trial.user_attrs.get("error") or ("surplus" if trial.user_attrs.get("surplus") else "failed")
     params = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in trial.params.items())

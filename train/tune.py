@@ -329,7 +329,7 @@ class Worker:
         def on_evaluation(step: int, logged: dict[str, float]) -> None:
             returns.append(logged[key])
             trial.report(logged[key], step)
-            if trial.should_prune():
+            if step < config.total_timesteps and trial.should_prune():  # a trial that trained in full completes
                 trial.set_user_attr("pruned_at_step", step)
                 raise optuna.TrialPruned(f"{key} {logged[key]:.3f} at step {step:,}")
 
@@ -502,9 +502,8 @@ def run_tune(args: argparse.Namespace) -> int:
     if best is None:
         print("no trial completed yet, so no best config", file=sys.stderr)
     else:
-        print(f"best: trial {best.number}, {base.eval_split} return {best.value:.4f} ({describe(best)}); config "
-              f"-> {study_dir / BEST_FILE}\ntrain it with: fwm-rl train --config {study_dir / BEST_FILE}",
-              file=sys.stderr)
+        print(f"best: {describe(best)}; its config -> {study_dir / BEST_FILE}\n"
+              f"train it with: fwm-rl train --config {study_dir / BEST_FILE}", file=sys.stderr)
     return 0
 
 

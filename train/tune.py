@@ -45,6 +45,7 @@ MINIBATCHES = "minibatches"  # the derived parameter: batch_size = n_envs * n_st
 SAMPLERS, PRUNERS = ("tpe", "random"), ("median", "none")
 STARTUP_TRIALS = 5  # trials the TPE sampler and the median pruner see before they act
 MAX_RETRIES = 2  # retries of a trial whose worker died
+SCHEMA_ATTEMPTS = 4  # workers that open a new database at once race to create its tables: the losers try again
 MAX_FAILURES_IN_A_ROW = 3  # a worker whose trials keep failing stops (a bad config would otherwise loop forever)
 THREAD_ENV_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 # Fields that say where a trial runs, not what it computes: workers of one study may differ in them.
@@ -193,14 +194,24 @@ def open_storage(url: str, heartbeat_s: int):
     """Optuna's RDB storage at ``url`` with heartbeats every ``heartbeat_s`` seconds; a trial silent for twice that
     is failed and retried (``RetryHeartbeatStaleTrialCallback``). UserError if it cannot be opened."""
     optuna = _optuna()
+    from sqlalchemy.exc import IntegrityError, ProgrammingError
+
     engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
-    try:
-        return optuna.storages.RDBStorage(
-            url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_s, grace_period=2 * heartbeat_s,
-            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES))
-    except Exception as e:  # SQLAlchemy's ArgumentError/OperationalError, a missing driver's ImportError, ...
-        reason = " ".join(str(e).split())[:300]
-        raise UserError(f"--storage {hidden_password(url)}: cannot open it ({type(e).__name__}: {reason})") from None
+    for attempt in range(SCHEMA_ATTEMPTS):
+        try:
+            return optuna.storages.RDBStorage(
+                url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_s, grace_period=2 * heartbeat_s,
+                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES))
+        except (IntegrityError, ProgrammingError) as e:  # another worker is creating the tables of a new database
+            if attempt == SCHEMA_ATTEMPTS - 1:
+                error = e
+            else:
+                time.sleep(1 + attempt)
+        except Exception as e:  # SQLAlchemy's ArgumentError/OperationalError, a missing driver's ImportError, ...
+            error = e
+            break
+    reason = " ".join(str(error).split())[:300]
+    raise UserError(f"--storage {hidden_password(url)}: cannot open it ({type(error).__name__}: {reason})")
 
 
 def make_sampler(name: str, seed: Optional[int]):

@@ -58,3 +58,41 @@ def test_zoo_a2c_hyperparameters_are_the_papers_from_paper_a2c_kwargs():
 def test_unknown_command_prints_usage():
     with pytest.raises(SystemExit, match="usage: python -m fwm_rl.zoo"):
         main(["fly"])
+
+
+@needs_zoo
+@pytest.mark.parametrize("algo", ["fwm_ppo", "fwm_a2c"])
+def test_zoo_optimize_runs_and_reports_two_trials_of_our_algorithms(algo, tmp_path, monkeypatch, capsys):
+    """rl-zoo3's -optimize draws from the fwm-rl tune search space (registered in HYPERPARAMS_SAMPLER), evaluates
+    on the val split and writes its report."""
+    optuna = pytest.importorskip("optuna", reason="needs Optuna (the [tune] extra)")
+    pytest.importorskip("pandas", reason="rl-zoo3's report needs pandas (the [zoo] extra)")
+    monkeypatch.setattr(sys, "argv", list(sys.argv))
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    main(["train", "--algo", algo, "--env", "FWM/GraphNav-v0", "-f", str(tmp_path), "-n", "60", "--seed", "0",
+          "-params", "n_envs:2", "-optimize", "--n-trials", "2", "--n-evaluations", "1", "--eval-episodes", "1",
+          "--sampler", "random", "--pruner", "none", "--storage", storage, "--study-name", algo, "--no-optim-plots"])
+    out = capsys.readouterr().out
+    assert "eval_env_kwargs={'split': 'val'}" in out and "Number of finished trials:  2" in out
+    trials = optuna.load_study(study_name=algo, storage=storage).trials
+    assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE"]
+    assert {"learning_rate", "ent_coef", "gamma", "gae_lambda", "hidden_size", "core_kwargs.memory_size"} <= set(
+        trials[0].params)
+    assert ("n_epochs" in trials[0].params) == (algo == "fwm_ppo")
+    (report,) = (tmp_path / algo).glob("report_FWM-GraphNav-v0_2-trials-60-random-none_*.csv")
+    assert len(report.read_text().strip().splitlines()) == 3  # header + one row per trial
+
+
+def test_zoo_samplers_put_core_sizes_into_policy_kwargs_and_minibatches_into_batch_size():
+    optuna = pytest.importorskip("optuna", reason="needs Optuna (the [tune] extra)")
+    from fwm_rl.agents.zoo import make_sampler, zoo_hyperparams
+
+    settings = zoo_hyperparams(HYPERPARAMS_DIR / "fwm_ppo.yml", "FWM/GraphNav-v0")
+    trial = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0)).ask()
+    kwargs = make_sampler("fwm_ppo", settings)(trial, 3, 8, {})
+    policy = kwargs.pop("policy_kwargs")
+    assert policy["hidden_size"] == trial.params["hidden_size"] and policy["core"] == "fwm"
+    assert policy["core_kwargs"] == {"preset": "rl", "memory_size": trial.params["core_kwargs.memory_size"]}
+    assert kwargs["batch_size"] == 8 // trial.params["minibatches"] * settings["n_steps"]
+    assert {key: kwargs[key] for key in ("learning_rate", "n_epochs", "gamma")} == {
+        key: trial.params[key] for key in ("learning_rate", "n_epochs", "gamma")}

@@ -6,7 +6,7 @@ import inspect
 import signal
 import time
 from contextlib import contextmanager
-from typing import Any, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper
@@ -67,13 +67,18 @@ class RunCallback(BaseCallback):
     ``save_checkpoint(step, run_state)`` writes a checkpoint (the trainer's), ``run_state`` the schedule and the
     log values recorded but not yet dumped. Data-parallel (``ranks``), every rank runs the callback: the stop
     decisions are taken together, the training episodes of all ranks are summarised, and only rank 0 (which alone
-    has an ``eval_env``) evaluates and writes models."""
+    has an ``eval_env``) evaluates and writes models. ``on_evaluation(step, logged)`` is called (on rank 0) after each
+    held-out evaluation with what was logged (``val/return``, ``val/score``, ...), once the boundary's checkpoint and
+    models are written, so an exception it raises (a tuner's ``optuna.TrialPruned``) leaves a consistent run
+    directory."""
 
     def __init__(self, config: TrainConfig, run_log: RunLog, eval_env, reference_rows: Optional[dict],
                  save_checkpoint, run_state: Optional[dict[str, Any]] = None, progress_bar: bool = False,
-                 ranks: DataParallel = SINGLE_PROCESS) -> None:
+                 ranks: DataParallel = SINGLE_PROCESS,
+                 on_evaluation: Optional[Callable[[int, dict[str, float]], None]] = None) -> None:
         super().__init__()
         self.ranks = ranks
+        self.on_evaluation = on_evaluation
         self.progress_bar = progress_bar
         self.bar = None
         self.config, self.run_log, self.save_checkpoint = config, run_log, save_checkpoint
@@ -136,14 +141,18 @@ class RunCallback(BaseCallback):
             if self.interrupted or out_of_time:
                 self.stopped, self.stop_step = ("interrupted" if self.interrupted else "time budget"), step
         last_eval = (final or self.stopped == "time budget") and step > self.schedule["last_eval"]
+        logged = None
         if self.eval_env is not None and (step >= self.schedule["next_eval"] or last_eval):
-            self.evaluate(step)
+            logged = self.evaluate(step)
         if final or self.stopped or step >= self.schedule["next_checkpoint"]:
             self.checkpoint(step)
         if (final or self.stopped) and self.ranks.main:
             save_model(self.model, self.run_log.run.path / MODEL_FILE)
+        if logged is not None and self.on_evaluation is not None:
+            self.on_evaluation(step, logged)
 
-    def evaluate(self, step: int) -> None:
+    def evaluate(self, step: int) -> dict[str, float]:
+        """Play the held-out episodes, log them and keep the best model; what was logged."""
         self.schedule["next_eval"] = next_multiple(step, self.config.eval_freq)
         self.schedule["last_eval"] = step
         summary = summarize(run_episodes(self.model, self.eval_env, self.config.eval_episodes, seed=EVAL_SEED,
@@ -151,7 +160,8 @@ class RunCallback(BaseCallback):
         if self.reference_rows is not None:
             add_scores({"agent": summary}, self.reference_rows)
         split = self.config.eval_split
-        self.run_log.write(step, prefixed(split, summary))
+        logged = prefixed(split, summary)
+        self.run_log.write(step, logged)
         best = self.schedule["best_return"]
         improved = best is None or summary["return_mean"] > best
         if improved:
@@ -161,6 +171,7 @@ class RunCallback(BaseCallback):
         self.run_log.message(f"step {step:,}: {split} return {summary['return_mean']:.2f} "
                              f"± {summary['return_ci95']:.2f}{score}, goals {summary['goals']:.2f}"
                              + (" (best)" if improved else ""))
+        return logged
 
     def checkpoint(self, step: int) -> None:
         self.schedule["next_checkpoint"] = next_multiple(step, self.config.checkpoint_freq)

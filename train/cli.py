@@ -119,7 +119,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from fwm_rl.train import export, report, sweep
+    from fwm_rl.train import export, report, sweep, tune
     from fwm_rl.train.config import shipped_configs
     from fwm_rl.train.rl import RLTrainer
     from fwm_rl.train.runner import add_trainer_arguments
@@ -212,6 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_parser(commands, formatter_class=_HelpFormatter)
     report.add_parser(commands, formatter_class=_HelpFormatter)
     export.add_parser(commands, formatter_class=_HelpFormatter)
+    tune.add_parser(commands, formatter_class=_HelpFormatter)
     return parser
 
 

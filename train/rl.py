@@ -28,7 +28,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 
 from fwm_rl.train.agent_factory import algorithm_class, build_agent, resolved_config
@@ -59,7 +59,7 @@ class RLTrainer(runner.Trainer):
         return load_config(find_config(name_or_path))
 
     def __init__(self, config: TrainConfig, checkpoint: Optional[dict[str, Any]] = None, progress_bar: bool = True,
-                 quiet: bool = False) -> None:
+                 quiet: bool = False, on_evaluation: Optional[Callable[[int, dict[str, float]], None]] = None) -> None:
         super().__init__(config, checkpoint, progress_bar, quiet)
         self.ranks, device = runner.join_torchrun(config.device)
         # A data-parallel rank: its own envs and seed, its device (cuda:LOCAL_RANK); rank 0 alone evaluates. SB3
@@ -67,6 +67,9 @@ class RLTrainer(runner.Trainer):
         # of one process with all ranks' envs would (seed + r would replay other ranks' episodes).
         rank_config = (dataclasses.replace(config, seed=rank_seed(config.seed, config.n_envs, self.ranks),
                                            device=device) if self.ranks.distributed else config)
+        if on_evaluation is not None and self.ranks.distributed:  # rank 0 alone evaluates: a raise would hang the rest
+            raise ValueError("on_evaluation (fwm-rl tune's pruning) needs a single process; it is not supported under torchrun")
+        self.on_evaluation = on_evaluation  # called after each held-out evaluation (RunCallback)
         # Everything that draws from the global RNGs comes before the agent is seeded or its checkpoint restored.
         self.eval_env, self.eval_kwargs = None, None
         if config.eval_split is not None and self.ranks.main:
@@ -117,7 +120,7 @@ class RLTrainer(runner.Trainer):
 
             callback = RunCallback(config, run_log, self.eval_env, reference_rows,
                                    lambda step, state: self._save(run, step, state), self.run_state,
-                                   self.progress_bar and self.ranks.main, self.ranks)
+                                   self.progress_bar and self.ranks.main, self.ranks, self.on_evaluation)
             remaining = config.total_timesteps - model.num_timesteps
             if remaining <= 0:
                 run_log.message(f"{run.path} has already trained {model.num_timesteps:,} of "
@@ -178,13 +181,18 @@ class _SilentLog:
 
 
 def train(config: TrainConfig, run_dir: Optional[Path] = None, runs_dir: Path = Path("runs"), overwrite: bool = False,
-          progress_bar: bool = True, quiet: bool = False) -> runner.RunResult:
-    """Train ``config`` in ``run_dir`` (default RUNS_DIR/EXPERIMENT), a new run."""
+          progress_bar: bool = True, quiet: bool = False,
+          on_evaluation: Optional[Callable[[int, dict[str, float]], None]] = None) -> runner.RunResult:
+    """Train ``config`` in ``run_dir`` (default RUNS_DIR/EXPERIMENT), a new run. ``on_evaluation(step, logged)``
+    is called after every held-out evaluation (see ``RunCallback``); what it raises propagates out of ``train``."""
     run_dir = Path(run_dir) if run_dir is not None else Path(runs_dir) / config.experiment
-    return runner.start(RLTrainer, config, run_dir, overwrite=overwrite, progress_bar=progress_bar, quiet=quiet)
+    return runner.start(RLTrainer, config, run_dir, overwrite=overwrite, progress_bar=progress_bar, quiet=quiet,
+                        on_evaluation=on_evaluation)
 
 
 def resume(run_dir: Path, overrides: Optional[dict[str, Any]] = None, progress_bar: bool = True,
-           quiet: bool = False) -> runner.RunResult:
+           quiet: bool = False,
+           on_evaluation: Optional[Callable[[int, dict[str, float]], None]] = None) -> runner.RunResult:
     """Continue the run in ``run_dir`` from its newest readable checkpoint; only TrainConfig.RESUMABLE may change."""
-    return runner.resume(RLTrainer, Path(run_dir), overrides, progress_bar=progress_bar, quiet=quiet)
+    return runner.resume(RLTrainer, Path(run_dir), overrides, progress_bar=progress_bar, quiet=quiet,
+                         on_evaluation=on_evaluation)

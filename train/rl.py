@@ -67,8 +67,8 @@ class RLTrainer(runner.Trainer):
         # of one process with all ranks' envs would (seed + r would replay other ranks' episodes).
         rank_config = (dataclasses.replace(config, seed=rank_seed(config.seed, config.n_envs, self.ranks),
                                            device=device) if self.ranks.distributed else config)
-        if on_evaluation is not None and self.ranks.distributed:  # rank 0 alone evaluates: a raise would hang the rest
-            raise ValueError("on_evaluation (fwm-rl tune's pruning) needs a single process; it is not supported under torchrun")
+        if on_evaluation is not None and self.ranks.distributed:  # rank 0 alone evaluates: a raise would hang
+            raise ValueError("on_evaluation (fwm-rl tune's pruning) needs one process; torchrun is not supported")
         self.on_evaluation = on_evaluation  # called after each held-out evaluation (RunCallback)
         # Everything that draws from the global RNGs comes before the agent is seeded or its checkpoint restored.
         self.eval_env, self.eval_kwargs = None, None

@@ -1,5 +1,5 @@
 # Set-up, tests and the demo. Every target creates .venv on first use and installs the package (editable, with
-# its dev, tune and zoo extras) under constraints.txt, which pins the CPU build of torch that these machines carry.
+# its dev, tune, zoo and export extras) under constraints.txt, which pins the CPU build of torch that these machines carry.
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
@@ -12,7 +12,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt $(wildcard fwm_rl/fused/*.cpp fwm_rl/fused/*.h)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -c constraints.txt -e ".[dev,tune,zoo]"
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[dev,tune,zoo,export]"
 	$(PY) -m fwm_rl.build_ext
 	touch $(STAMP)
 

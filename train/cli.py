@@ -171,8 +171,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     plot = commands.add_parser("plot", help="learning curves of several runs in one PNG",
                                description="Plot train (dotted) and held-out (dashed: val, solid: test) curves of "
-                                           "each run's metrics.csv, RL or supervised, into one PNG.")
-    plot.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories")
+                                           "each run's metrics.csv, RL or supervised, into one PNG; given "
+                                           "evaluation reports (fwm-rl evaluate --json-file) instead, the per-visit "
+                                           "curves: steps to goal for visit 1, 2, 3, ... of a lifetime.")
+    plot.add_argument("runs", nargs="+", metavar="RUN_DIR_OR_REPORT",
+                      help="run directories, or evaluation reports (.json)")
     plot.add_argument("--metric", help="metric to plot: a name logged as <split>/NAME (return, accuracy, loss, ...) "
                                        "or a column [default: the first of return, accuracy, loss, perplexity]")
     plot.add_argument("--out", default="curves.png", help="PNG to write [default: curves.png]")

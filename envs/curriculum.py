@@ -22,10 +22,20 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from fwm_rl.envs.checks import check_fraction, check_int
+import numpy as np
+
+from fwm_rl.envs.checks import check_int
 
 DEFAULTS = {"sizes": (3, 5, 7), "promote": 0.6, "demote": 0.2, "patience": 2}
 DECISIONS = ("promote", "demote", "stay")
+
+
+def _check_real(name: str, value: Any) -> float:
+    """A finite real threshold (scores can fall below 0, the random policy, so any real is allowed)."""
+    real = not isinstance(value, bool) and isinstance(value, (int, float, np.integer, np.floating))
+    if not real or not math.isfinite(value):
+        raise ValueError(f"curriculum {name} must be a finite number (a normalised score), got {value!r}")
+    return float(value)
 
 
 @dataclass
@@ -48,7 +58,7 @@ class SizeCurriculum:
         self.sizes = tuple(check_int("curriculum size", s, 2) for s in sizes)
         if any(b <= a for a, b in zip(self.sizes, self.sizes[1:])):
             raise ValueError(f"curriculum sizes must increase, got {list(self.sizes)}")
-        self.promote, self.demote = check_fraction("promote", self.promote), check_fraction("demote", self.demote)
+        self.promote, self.demote = _check_real("promote", self.promote), _check_real("demote", self.demote)
         if self.demote >= self.promote:
             raise ValueError(f"curriculum demote ({self.demote}) must be below promote ({self.promote})")
         self.patience = check_int("curriculum patience", self.patience, 1)

@@ -1,5 +1,6 @@
 """The per-visit curve of `fwm-rl evaluate` (steps to goal for visit 1, 2, 3, ... of a lifetime) against a
-brute-force count, its JSON keys beside the old ones, and `fwm-rl plot` drawing it from evaluation reports."""
+brute-force count, its JSON keys beside the old ones, `fwm-rl plot` drawing it from evaluation reports, and
+`fwm-rl watch` making a GIF of a 7 x 7-cell lifetime."""
 from __future__ import annotations
 
 import json
@@ -63,16 +64,22 @@ def test_visit_curve_equals_a_brute_force_count_on_scripted_lifetimes():
     np.testing.assert_allclose(curve["visit_steps"], expected_steps, rtol=1e-12)
 
 
-def test_evaluate_reports_per_visit_curves_beside_the_old_keys_and_plot_draws_them(tmp_path, capsys):
+@pytest.fixture(scope="module")
+def maze_run(tmp_path_factory):
+    """A tiny GridMaze run (3 x 3 cells, 80 steps of PPO)."""
     config = TrainConfig(experiment="maze", env_id="FWM/GridMaze-v0",
                          env_kwargs={"size": 3, "obs": "both", "split": "train"}, eval_split="val", eval_episodes=8,
                          eval_freq=80, core="lstm", hidden_size=8, n_envs=4, n_steps=10, batch_size=20, n_epochs=1,
                          total_timesteps=80, checkpoint_freq=80, threads=1)
-    rl.train(config, run_dir=tmp_path / "maze", progress_bar=False, quiet=True)
+    run_dir = tmp_path_factory.mktemp("runs") / "maze"
+    rl.train(config, run_dir=run_dir, progress_bar=False, quiet=True)
+    return run_dir
+
+
+def test_evaluate_reports_per_visit_curves_beside_the_old_keys_and_plot_draws_them(maze_run, tmp_path, capsys):
     report_path = tmp_path / "test.json"
     with pytest.raises(SystemExit) as exit_info:
-        main(["evaluate", str(tmp_path / "maze"), "--episodes", "8", "--json-file", str(report_path),
-              "--no-progress-bar"])
+        main(["evaluate", str(maze_run), "--episodes", "8", "--json-file", str(report_path), "--no-progress-bar"])
     assert exit_info.value.code == 0
     rows = json.loads(report_path.read_text())["rows"]
     assert set(rows) == {"random", "oracle", "maze"}
@@ -90,5 +97,17 @@ def test_evaluate_reports_per_visit_curves_beside_the_old_keys_and_plot_draws_th
         main(["plot", str(report_path), str(report_path), "--out", str(tmp_path / "visits.png")])
     assert exit_info.value.code == 0 and (tmp_path / "visits.png").read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(SystemExit):
-        main(["plot", str(report_path), str(tmp_path / "maze"), "--out", str(tmp_path / "mixed.png")])
+        main(["plot", str(report_path), str(maze_run), "--out", str(tmp_path / "mixed.png")])
     assert "not both" in capsys.readouterr().err
+
+
+def test_watch_makes_a_gif_of_a_whole_7x7_cell_lifetime_with_visit_captions(maze_run, tmp_path, capsys):
+    from PIL import Image
+
+    out = tmp_path / "lifetime.gif"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["watch", str(maze_run), "--size", "7", "--out", str(out), "--fps", "20"])
+    assert exit_info.value.code == 0
+    assert "491 frames" in capsys.readouterr().out  # 10 x 7^2 = 490 steps, plus the first frame
+    with Image.open(out) as gif:
+        assert gif.n_frames == 491 and gif.size == (15 * 16, 15 * 16 + 18)  # 15 x 15 tiles of 16 px, a caption

@@ -93,7 +93,7 @@ def _watch(args: argparse.Namespace) -> int:
     from fwm_rl.train.watch import watch
 
     result = watch(args.model, args.out, layout=args.layout, split=args.split, seed=args.seed,
-                   deterministic=args.deterministic, fps=args.fps, best=args.best, device=args.device)
+                   deterministic=args.deterministic, fps=args.fps, best=args.best, device=args.device, size=args.size)
     print(f"wrote {result['out']}: {result['frames']} frames; {result['caption']}")
     return 0
 
@@ -164,6 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     watch.add_argument("model", metavar="RUN_DIR_OR_MODEL", help="run directory, or a model .zip inside one")
     watch.add_argument("--layout", metavar="FILE", help="a layout file (text format) to play on")
     watch.add_argument("--split", help="held-out split to draw the layout from [default: the run's eval_split]")
+    watch.add_argument("--size", type=int, help="GridMaze: mazes of SIZE x SIZE cells [default: the run's]")
     watch.add_argument("--out", default="episode.gif", help="GIF to write [default: episode.gif]")
     watch.add_argument("--fps", type=float, default=4.0, help="frames per second [default: 4]")
     _add_model_arguments(watch)

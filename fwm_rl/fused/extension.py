@@ -75,6 +75,11 @@ def build(verbose: bool = False) -> ModuleType:
         # torch's own baton is a plain file that a killed build leaves behind, and a later build would wait on it
         # forever; every builder holds the lock above first, so a baton found now is stale.
         (directory / "lock").unlink(missing_ok=True)
+        # A build finished while this process waited for the lock (another worktree's, with other source paths
+        # in torch's build.ninja): use it rather than compile the same sources again.
+        built = _import_built(directory)
+        if built is not None:
+            return built
         return load(
             name=NAME,
             sources=[str(source) for source in SOURCES],

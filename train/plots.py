@@ -93,10 +93,9 @@ def plot_visits(reports: Sequence[Path], out: Path, title: Optional[str] = None)
     that has them). A visit is drawn while at least MIN_VISIT_SHARE of the row's lifetimes completed it."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(8, 5))
-    drawn, references_drawn, color_index = 0, False, 0
+    drawn, references_drawn, color_index, labels = 0, False, 0, set()
     for path in reports:
         report = read_report(path)
-        several = len(reports) > 1
         for name, row in report["rows"].items():
             if "visit_steps" not in row:
                 raise UserError(f"{path} has no per-visit curve (row {name!r}); evaluate again with this fwm-rl")
@@ -110,7 +109,8 @@ def plot_visits(reports: Sequence[Path], out: Path, title: Optional[str] = None)
             style = ({"color": "grey", "linestyle": REFERENCE_STYLES[name]} if reference else
                      {"color": f"C{color_index % 10}", "marker": "." if len(xs) < 30 else None})
             color_index += not reference
-            label = name if reference or not several else f"{Path(path).stem} · {name}"
+            label = name if reference or name not in labels else f"{Path(path).stem} · {name}"
+            labels.add(name)
             ax.plot(xs, ys, label=label, **style)
             drawn += 1
         references_drawn = references_drawn or any(name in REFERENCE_STYLES for name in report["rows"])

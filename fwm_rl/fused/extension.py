@@ -1,7 +1,7 @@
 """Build, cache and load the fused C++ kernel of the FWM recurrence.
 
-The kernel is compiled with ``torch.utils.cpp_extension`` (ninja) into a directory keyed by a hash of the source,
-the torch and Python versions and the compile flags, under ``$FWM_RL_EXTENSIONS_DIR`` if set, else
+The kernel is compiled with ``torch.utils.cpp_extension`` (ninja) into a directory keyed by a hash of the source, its
+folder, the torch and Python versions and the compile flags, under ``$FWM_RL_EXTENSIONS_DIR`` if set, else
 ``$XDG_CACHE_HOME/fwm_rl/extensions`` (``~/.cache/fwm_rl/extensions``). ``python -m fwm_rl.build_ext`` (run by
 ``make install``) builds it ahead of time, so later processes only load the compiled library; a process that finds
 no build compiles it once on first use. ``FWM_RL_NO_FUSED=1`` disables the kernel.
@@ -53,8 +53,11 @@ def compile_flags() -> list[str]:
 
 
 def build_directory() -> Path:
-    """The cache directory of the build that matches this source, torch, Python and CPU."""
-    key = hashlib.sha256()
+    """The cache directory of the build that matches this source, torch, Python and CPU.
+
+    The source folder is part of the key: ninja rebuilds when a source path changes, so two checkouts with the same
+    source sharing one directory would rebuild it for each other in turn."""
+    key = hashlib.sha256(str(SOURCES[0].resolve().parent).encode())
     for source in SOURCES + HEADERS:
         key.update(source.read_bytes())
     conditions = [torch.__version__, sys.version, sysconfig.get_platform(), str(torch._C._GLIBCXX_USE_CXX11_ABI)]

@@ -8,34 +8,43 @@ memory of the layout and the goal pays off on every later visit. Lifetimes are t
 Observation (float32, one layout per mode whatever the maze size):
 
 * ``obs="view"``: the (2 r + 1)^2 tiles around the agent, 1 for wall (off-grid counts as wall), row-major;
-* ``obs="position"``: the agent's (row, col) divided by (H - 1, W - 1) of its grid, in [0, 1];
+* ``obs="position"``: the agent's (row, col) divided by (H - 1, W - 1) of its grid, in [0, 1] (a step's size in
+  this encoding depends on the grid), or with ``position_scale=k`` divided by k (one step is 1/k in every maze, so
+  the encoding means the same at every size: for curricula and transfer across sizes);
 * ``obs="both"``: view then position;
 
 then always the previous action one-hot with a final "none" slot [5], the previous reward and steps / episode_steps.
 
 Splits: "train" draws a fresh maze per lifetime, redrawn until its id is a train id (see
 :mod:`fwm_rl.envs.layouts`); "val", "test" and the OOD splits ("test_large": size 11; "test_loopy": loops 0.5)
-are frozen sets (:func:`fwm_rl.envs.mazes.split_layouts`). ``layout=`` / ``layouts=`` replace the split by your
-own layouts (text, path, folder or list); a ``G`` fixes the goal and an ``S`` the start of every lifetime.
+are frozen sets (:func:`fwm_rl.envs.mazes.split_layouts`); "test_handdrawn" is the fixed set of hand-drawn 15 x 15
+layouts (:func:`fwm_rl.envs.mazes.handdrawn_layouts`; size and loops do not apply to it). ``layout=`` /
+``layouts=`` replace the split by your own layouts (text, path, folder or list); a ``G`` fixes the goal and an
+``S`` the start of every lifetime.
+
+Lifetimes default to 10 size^2 steps, scaled to the maze. ``curriculum=`` (:mod:`fwm_rl.envs.curriculum`) makes a
+train env move through a ladder of sizes; its held-out splits play the largest size.
 """
 from __future__ import annotations
 
 import numpy as np
 
 from fwm_rl.envs.checks import check_choice, check_fraction, check_int
+from fwm_rl.envs.curriculum import SizeCurriculum
 from fwm_rl.envs.dynamics import BatchedDynamics
 from fwm_rl.envs.env import TaskEnv, TaskVectorEnv
 from fwm_rl.envs.layouts import Layout, SPLIT_BUCKETS, grid_distances, load_layouts
-from fwm_rl.envs.mazes import OOD_SPLITS, generate_split, split_layouts
+from fwm_rl.envs.mazes import HANDDRAWN_SPLIT, OOD_SPLITS, generate_split, handdrawn_layouts, split_layouts
 from fwm_rl.envs.render import grid_ansi, grid_frame
 from fwm_rl.envs.streams import draw_index
 
 ENV_ID = "FWM/GridMaze-v0"
 OBS_MODES = ("view", "position", "both")
-GRID_SPLITS = tuple(SPLIT_BUCKETS) + tuple(OOD_SPLITS)
+GRID_SPLITS = tuple(SPLIT_BUCKETS) + tuple(OOD_SPLITS) + (HANDDRAWN_SPLIT,)
 DEFAULT_SIZE = 7
 MAX_SIZE = 25  # generating 256 mazes of 25 x 25 cells takes seconds; the cost grows as size^4
 MAX_VIEW_RADIUS = 10
+MAX_POSITION_SCALE = 1000
 GOAL_REWARD = 1.0
 _FAR = np.iinfo(np.int32).max  # distance of walls and unreachable tiles
 
@@ -44,6 +53,11 @@ def default_episode_steps(height: int, width: int) -> int:
     """10 size^2 for a maze of size x size cells ((2 size + 1)^2 tiles)."""
     size = max(1, (max(height, width) - 1) // 2)
     return 10 * size * size
+
+
+def maze_tiles(size: int) -> int:
+    """Tiles per side of a maze of size x size cells."""
+    return 2 * size + 1
 
 
 class GridMazeDynamics(BatchedDynamics):
@@ -55,12 +69,21 @@ class GridMazeDynamics(BatchedDynamics):
 
     def __init__(self, n_rows: int, size: int | None = None, loops: float | None = None, obs: str = "view",
                  split: str = "train", layout: str | None = None, layouts: str | list | None = None,
-                 episode_steps: int | None = None, view_radius: int = 1, layout_order: str = "random") -> None:
+                 episode_steps: int | None = None, view_radius: int = 1, layout_order: str = "random",
+                 position_scale: int | None = None, curriculum: dict | list | SizeCurriculum | None = None) -> None:
         check_choice("obs", obs, OBS_MODES)
         check_choice("split", split, GRID_SPLITS)
         self.view_radius = check_int("view_radius", view_radius, 1, MAX_VIEW_RADIUS)
+        self.position_scale = (None if position_scale is None
+                               else check_int("position_scale", position_scale, 1, MAX_POSITION_SCALE))
         if layout is not None and layouts is not None:
             raise ValueError("pass layout= (one layout) or layouts= (several), not both")
+        self.curriculum = None if curriculum is None else SizeCurriculum.from_option(curriculum)
+        if self.curriculum is not None:
+            if size is not None and size != self.curriculum.target:
+                raise ValueError(f"curriculum sets the size (sizes {list(self.curriculum.sizes)}); drop size= or "
+                                 f"set it to the largest, {self.curriculum.target}; got size={size}")
+            size = self.curriculum.size if split == "train" else self.curriculum.target
         if split in OOD_SPLITS:
             for name, value in (("size", size), ("loops", loops)):
                 if value is not None and value != OOD_SPLITS[split][name]:
@@ -75,12 +98,17 @@ class GridMazeDynamics(BatchedDynamics):
             self.bank = tuple(load_layouts(custom))
         elif split == "train":
             self.bank = None
+        elif split == HANDDRAWN_SPLIT:
+            self.bank = handdrawn_layouts()
         else:
             self.bank = split_layouts(split, self.size, self.loops)
-        shapes = [(2 * self.size + 1,) * 2] if self.bank is None else [lay.walls.shape for lay in self.bank]
+        largest = self.size if self.curriculum is None or self.bank is not None else self.curriculum.target
+        shapes = [(maze_tiles(largest),) * 2] if self.bank is None else [lay.walls.shape for lay in self.bank]
         self.height, self.width = max(s[0] for s in shapes), max(s[1] for s in shapes)
+        self.fixed_episode_steps = episode_steps
         if episode_steps is None:
-            episode_steps = default_episode_steps(self.height, self.width)
+            episode_steps = default_episode_steps(*((maze_tiles(self.size),) * 2 if self.bank is None else
+                                                    (self.height, self.width)))
         super().__init__(n_rows, episode_steps, None if self.bank is None else len(self.bank), layout_order)
 
         p = self.view_radius
@@ -112,6 +140,9 @@ class GridMazeDynamics(BatchedDynamics):
         self._tile_rc = np.stack(np.divmod(np.arange(n_tiles), self.padded_width), axis=1) - p  # [N, 2] (row, col)
         self._view_size = 0 if obs == "position" else self._view.size
         self._init_observation(self._view_size + (0 if obs == "view" else 2), 0.0, GOAL_REWARD)
+        if obs != "view" and self.position_scale is not None:
+            v = self._view_size
+            self.obs_high[v:v + 2] = (np.array([self.height, self.width]) - 1) / self.position_scale
 
     # ------------------------------------------------------------------------------------------------ geometry
     def _link_views(self) -> None:
@@ -154,14 +185,24 @@ class GridMazeDynamics(BatchedDynamics):
         return r, c
 
     # ------------------------------------------------------------------------------------------------ dynamics
+    def reset_rows(self, rows: np.ndarray) -> None:
+        """Begin new lifetimes; a curriculum's new size applies when every row begins one (see
+        :mod:`fwm_rl.envs.curriculum`)."""
+        if self.curriculum is not None and self.bank is None and len(rows) == self.n_rows:
+            self.size = self.curriculum.size
+            if self.fixed_episode_steps is None:
+                self.episode_steps = default_episode_steps(*(maze_tiles(self.size),) * 2)
+        super().reset_rows(rows)
+
     def _start_lifetime(self, rows: np.ndarray, layout_index: np.ndarray | None) -> None:
         if layout_index is None:
             mazes = generate_split(self.streams.uniform, rows, self.size, self.loops, "train")
-            walls = self._pad(np.stack([m.walls for m in mazes]))
+            walls = self._pad(np.stack([self._fit(m.walls) for m in mazes]))
             self.walls[rows] = walls
             self.next_tile[rows] = self._next_tiles(walls)
             fixed_goal = fixed_start = np.full(len(rows), -1)
             ids = [m.id for m in mazes]
+            self.dims[rows] = maze_tiles(self.size)
         else:
             self.walls[rows] = self.bank_walls[layout_index]
             self.next_tile[rows] = self.bank_next[layout_index]
@@ -204,7 +245,8 @@ class GridMazeDynamics(BatchedDynamics):
         if v:
             obs[:, :v] = self._walls_flat[(self._tile_start + self.pos)[:, None] + self._view]
         if self.obs_mode != "view":
-            np.divide(self.positions(), self.dims - 1, out=obs[:, v:v + 2])
+            scale = self.dims - 1 if self.position_scale is None else self.position_scale
+            np.divide(self.positions(), scale, out=obs[:, v:v + 2])
 
     def oracle_actions(self) -> np.ndarray:
         return np.argmin(self.dist[self.rows[:, None], self.pos[:, None] + self._moves], axis=1)
@@ -212,7 +254,7 @@ class GridMazeDynamics(BatchedDynamics):
 
 class GridMazeEnv(TaskEnv):
     """``FWM/GridMaze-v0`` (single env). Kwargs: size, loops, obs, split, layout, layouts, episode_steps,
-    view_radius, layout_order."""
+    view_radius, layout_order, position_scale, curriculum."""
 
     env_id = ENV_ID
     dynamics_class = GridMazeDynamics

@@ -9,6 +9,11 @@ Frozen sets: :func:`split_layouts` returns the val/test/OOD layouts of a configu
 configurations they ship as ``data/gridmaze-v{GENERATOR_VERSION}-*.txt`` (written by ``python -m
 fwm_rl.envs.mazes``), for others they are generated the same way on first use. Bump ``GENERATOR_VERSION`` with any
 change to the generator.
+
+Hand-drawn set: the split ``test_handdrawn`` (:func:`handdrawn_layouts`) holds 15 x 15-tile layouts drawn by hand in
+``data/gridmaze-handdrawn-15.txt`` (rooms with doors, spirals, combs, pillars, dead ends, caves, ...), each under
+a ``; name`` and its frozen ``; id``. None has the generator's shape (:func:`generator_can_make`), so no train,
+val or test maze of any size or loops can equal one of them.
 """
 from __future__ import annotations
 
@@ -27,6 +32,8 @@ FROZEN_COUNTS = {"val": 100, "test": 200}
 STANDARD_SIZES = (5, 7, 9)
 OOD_SPLITS = {"test_large": {"size": 11, "loops": 0.0}, "test_loopy": {"size": 7, "loops": 0.5}}
 """Named out-of-distribution test splits: larger mazes, more loops. They fix size and loops."""
+HANDDRAWN_SPLIT = "test_handdrawn"
+HANDDRAWN_PATH = DATA_DIR / "gridmaze-handdrawn-15.txt"
 _MAX_ATTEMPTS = 200
 
 Uniform = Callable[[np.ndarray, int], np.ndarray]
@@ -120,6 +127,39 @@ def split_layouts(split: str, size: int, loops: float) -> tuple[Layout, ...]:
     """The frozen val/test/OOD layouts of a configuration (shipped file if present, else generated)."""
     path = frozen_path(split, size, loops)
     return tuple(load_layouts(path) if path.exists() else build_frozen(split, size, loops))
+
+
+def generator_can_make(walls: np.ndarray) -> bool:
+    """Whether :func:`generate_mazes` can output the grid walls [H, W] at some size and loops: a (2 s + 1)-square
+    with a wall border, floor on every (odd, odd) tile (the cells) and wall on every (even, even) tile. The 8
+    symmetries keep this shape, so a grid without it has an id that no procedural split ever holds."""
+    walls = np.asarray(walls, dtype=bool)
+    h, w = walls.shape
+    if h != w or h % 2 == 0 or h < 5:
+        return False
+    border = walls[0].all() and walls[-1].all() and walls[:, 0].all() and walls[:, -1].all()
+    return bool(border and not walls[1::2, 1::2].any() and walls[::2, ::2].all())
+
+
+@functools.cache
+def handdrawn_catalogue() -> tuple[tuple[str, str, Layout], ...]:
+    """(name, frozen id, layout) of every hand-drawn layout, in file order (the ``; name`` and ``; id`` comments
+    above each layout)."""
+    text = HANDDRAWN_PATH.read_text(encoding="utf-8")
+    layouts = load_layouts(HANDDRAWN_PATH)
+    tags: dict[str, list[str]] = {"name": [], "id": []}
+    for line in text.split("\n"):
+        key, _, value = line.lstrip("; ").partition(" ")
+        if line.startswith(";") and key in tags:
+            tags[key].append(value.strip())
+    if not len(tags["name"]) == len(tags["id"]) == len(layouts):
+        raise ValueError(f"{HANDDRAWN_PATH}: every layout needs one '; name' and one '; id' line above it")
+    return tuple(zip(tags["name"], tags["id"], layouts))
+
+
+def handdrawn_layouts() -> tuple[Layout, ...]:
+    """The layouts of the ``test_handdrawn`` split, in file order."""
+    return tuple(layout for _, _, layout in handdrawn_catalogue())
 
 
 def write_frozen() -> None:

@@ -30,6 +30,8 @@ class EpisodeStats:
     """Steps taken / shortest path for goal visits k >= 2 (1.0 is perfect recall and planning)."""
     layout_id: str = ""
     """Id of the lifetime's layout."""
+    goal_steps: list[int] = field(default_factory=list)
+    """Step of the lifetime (1-based) at which each goal was reached, in order."""
 
 
 class EpisodeRecorder:
@@ -44,6 +46,7 @@ class EpisodeRecorder:
         self._steps = np.zeros(self.n_envs, dtype=np.int64)
         self._first_goal: list[int | None] = [None] * self.n_envs
         self._ratios: list[list[float]] = [[] for _ in range(self.n_envs)]
+        self._goal_steps: list[list[int]] = [[] for _ in range(self.n_envs)]
 
     def update(self, rewards: np.ndarray, dones: np.ndarray, infos: Sequence[dict[str, Any]]) -> list[EpisodeStats]:
         """Record one step: rewards [N], dones [N], infos (N dicts) -> the lifetimes that ended, in env order."""
@@ -52,17 +55,20 @@ class EpisodeRecorder:
         finished = []
         for env, info in enumerate(infos):
             if "goal_visit" in info:
+                self._goal_steps[env].append(int(self._steps[env]))
                 if self._first_goal[env] is None:
                     self._first_goal[env] = int(self._steps[env])
                 if info["goal_visit"] >= 2:
                     self._ratios[env].append(float(info["exploit_ratio"]))
             if dones[env]:
                 finished.append(EpisodeStats(float(self._returns[env]), int(info["goals_reached"]),
-                                             self._first_goal[env], self._ratios[env], info["layout_id"]))
+                                             self._first_goal[env], self._ratios[env], info["layout_id"],
+                                             self._goal_steps[env]))
                 self._returns[env] = 0.0
                 self._steps[env] = 0
                 self._first_goal[env] = None
                 self._ratios[env] = []
+                self._goal_steps[env] = []
         return finished
 
 

@@ -167,7 +167,8 @@ def test_bad_options_raise_one_line_value_errors_saying_what_is_allowed(env_id, 
     assert message in str(err.value) and "\n" not in str(err.value)
 
 
-GRID_OPTIONS = "size, loops, obs, split, layout, layouts, episode_steps, view_radius, layout_order"
+GRID_OPTIONS = ("size, loops, obs, split, layout, layouts, episode_steps, view_radius, layout_order, position_scale, "
+                "curriculum")
 GRAPH_OPTIONS = "split, n_nodes, n_actions, episode_steps, layout_order"
 
 

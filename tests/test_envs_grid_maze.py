@@ -9,8 +9,8 @@ from gymnasium.utils import seeding
 import fwm_rl.envs
 from fwm_rl.envs import layout_id, load_layouts, parse_layout
 from fwm_rl.envs.layouts import split_of
-from fwm_rl.envs.mazes import (GENERATOR_VERSION, OOD_SPLITS, build_frozen, frozen_path, split_layouts,
-                               standard_configs)
+from fwm_rl.envs.mazes import (GENERATOR_VERSION, OOD_SPLITS, build_frozen, frozen_path, generate_mazes,
+                               generator_can_make, handdrawn_catalogue, split_layouts, standard_configs)
 
 ROOM = """\
 #######
@@ -205,3 +205,42 @@ def test_layouts_of_different_sizes_share_one_env_and_one_observation_layout():
     for _ in range(30):
         total += venv.step(vector_env.oracle_actions())[1]
     assert total[1] >= 15 and total[0] >= 5  # an oracle visit takes <= 2 steps in the corridor, <= 6 in the room
+
+
+def test_handdrawn_layouts_parse_are_connected_15x15_and_keep_their_frozen_ids():
+    catalogue = handdrawn_catalogue()
+    names = [name for name, _, _ in catalogue]
+    assert len(catalogue) >= 19 and len(set(names)) == len(names)
+    for name, frozen_id, layout in catalogue:
+        assert layout.walls.shape == (15, 15), name
+        assert layout.id == frozen_id, f"{name}: the layout no longer matches its frozen id"
+        floor = {tuple(t) for t in np.argwhere(~layout.walls)}
+        assert set(bfs(layout.walls, next(iter(floor)))) == floor, f"{name} is not connected"
+    assert len({layout.id for _, _, layout in catalogue}) == len(catalogue)
+
+
+def test_no_generator_can_make_a_handdrawn_layout_so_its_id_is_in_no_procedural_split():
+    rng = np.random.default_rng(0)
+    uniform = lambda rows, k: rng.random((len(rows), k))  # noqa: E731
+    for size, loops in ((2, 0.0), (5, 0.0), (7, 0.0), (7, 0.5), (7, 1.0)):
+        assert all(generator_can_make(w) for w in generate_mazes(uniform, np.arange(20), size, loops))
+    handdrawn = {layout.id for _, _, layout in handdrawn_catalogue()}
+    assert not any(generator_can_make(layout.walls) for _, _, layout in handdrawn_catalogue())
+    frozen = {lay.id for cfg in standard_configs() for lay in split_layouts(*cfg)}
+    assert not handdrawn & frozen
+    for loops in (0.0, 0.5):
+        venv = gym.make_vec("FWM/GridMaze-v0", num_envs=300, vectorization_mode="vector_entry_point", size=7,
+                            loops=loops, episode_steps=1, split="train")
+        seen = set(venv.reset(seed=0)[1]["layout_id"])
+        seen |= set(venv.step(np.zeros(300, dtype=np.int64))[4]["layout_id"])
+        assert len(seen) > 500 and not seen & handdrawn
+
+
+def test_the_handdrawn_split_plays_every_layout_whatever_size_the_run_trained_on():
+    catalogue = handdrawn_catalogue()
+    stats = fwm_rl.envs.run_reference("FWM/GridMaze-v0", "oracle", len(catalogue), n_envs=len(catalogue),
+                                      split="test_handdrawn", size=3, layout_order="sequential")
+    assert [s.layout_id for s in stats] == [layout.id for _, _, layout in catalogue]
+    assert all(s.goals >= 10 for s in stats)  # 490-step lifetimes (10 x 7^2), as for a 7 x 7-cell maze
+    env = gym.make("FWM/GridMaze-v0", split="test_handdrawn", obs="both")
+    assert env.observation_space.shape == (18,) and env.unwrapped.dynamics.episode_steps == 490

@@ -98,7 +98,7 @@ def _watch(args: argparse.Namespace) -> int:
     from fwm_rl.train.watch import watch
 
     result = watch(args.model, args.out, layout=args.layout, split=args.split, seed=args.seed,
-                   deterministic=args.deterministic, fps=args.fps, best=args.best, device=args.device)
+                   deterministic=args.deterministic, fps=args.fps, best=args.best, device=args.device, size=args.size)
     print(f"wrote {result['out']}: {result['frames']} frames; {result['caption']}")
     return 0
 
@@ -169,6 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     watch.add_argument("model", metavar="RUN_DIR_OR_MODEL", help="run directory, or a model .zip inside one")
     watch.add_argument("--layout", metavar="FILE", help="a layout file (text format) to play on")
     watch.add_argument("--split", help="held-out split to draw the layout from [default: the run's eval_split]")
+    watch.add_argument("--size", type=int, help="GridMaze: mazes of SIZE x SIZE cells [default: the run's]")
     watch.add_argument("--out", default="episode.gif", help="GIF to write [default: episode.gif]")
     watch.add_argument("--fps", type=float, default=4.0, help="frames per second [default: 4]")
     _add_model_arguments(watch)
@@ -176,8 +177,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     plot = commands.add_parser("plot", help="learning curves of several runs in one PNG",
                                description="Plot train (dotted) and held-out (dashed: val, solid: test) curves of "
-                                           "each run's metrics.csv, RL or supervised, into one PNG.")
-    plot.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories")
+                                           "each run's metrics.csv, RL or supervised, into one PNG; given "
+                                           "evaluation reports (fwm-rl evaluate --json-file) instead, the per-visit "
+                                           "curves: steps to goal for visit 1, 2, 3, ... of a lifetime.")
+    plot.add_argument("runs", nargs="+", metavar="RUN_DIR_OR_REPORT",
+                      help="run directories, or evaluation reports (.json)")
     plot.add_argument("--metric", help="metric to plot: a name logged as <split>/NAME (return, accuracy, loss, ...) "
                                        "or a column [default: the first of return, accuracy, loss, perplexity]")
     plot.add_argument("--out", default="curves.png", help="PNG to write [default: curves.png]")

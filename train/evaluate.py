@@ -1,5 +1,6 @@
 """Evaluation on held-out layouts: play a fixed set of episodes, summarise them (mean return with a 95% interval,
-goals, steps to the first goal, exploit ratio) and score them against the random and oracle references."""
+goals, steps to the first goal, exploit ratio, the per-visit curve) and score them against the random and oracle
+references."""
 from __future__ import annotations
 
 import math
@@ -51,6 +52,20 @@ def summarize(episodes: Sequence[Any]) -> dict[str, float]:
     }
 
 
+def visit_curve(episodes: Sequence[Any]) -> dict[str, list]:
+    """Steps to goal per visit: ``visit_steps[k]`` is the mean number of steps that visit k + 1 of a lifetime took
+    (visit 1 from the lifetime's start, visit k > 1 from the teleport after goal k - 1) over the
+    ``visit_count[k]`` lifetimes that completed it. Later visits count only the lifetimes that got that far."""
+    durations: list[list[int]] = []
+    for episode in episodes:
+        times = [0, *episode.goal_steps]
+        for k in range(len(times) - 1):
+            if k == len(durations):
+                durations.append([])
+            durations[k].append(times[k + 1] - times[k])
+    return {"visit_steps": [float(np.mean(d)) for d in durations], "visit_count": [len(d) for d in durations]}
+
+
 def normalised_score(value: float, random_value: float, oracle_value: float) -> float:
     """(value - random) / (oracle - random): 0 plays like the random policy, 1 like the oracle."""
     if oracle_value == random_value:
@@ -99,13 +114,19 @@ def run_episodes(agent, vec_env, n_episodes: int, seed: int = 0, deterministic: 
     return [stats for _, _, stats in sorted(finished, key=lambda item: item[:2])]
 
 
-def references(env_id: str, env_kwargs: dict[str, Any], n_episodes: int, n_envs: int, seed: int = 0) -> dict[str, dict]:
-    """Summaries of the random and the oracle policy on the same layouts, in the same order, as ``run_episodes``."""
+def reference_episodes(env_id: str, env_kwargs: dict[str, Any], n_episodes: int, n_envs: int,
+                       seed: int = 0) -> dict[str, list[Any]]:
+    """Episodes of the random and the oracle policy on the same layouts, in the same order, as ``run_episodes``."""
     from fwm_rl.envs import run_reference
 
-    return {policy: summarize(run_reference(env_id, policy=policy, n_episodes=n_episodes, seed=seed, n_envs=n_envs,
-                                            **env_kwargs))
+    return {policy: run_reference(env_id, policy=policy, n_episodes=n_episodes, seed=seed, n_envs=n_envs, **env_kwargs)
             for policy in ("random", "oracle")}
+
+
+def references(env_id: str, env_kwargs: dict[str, Any], n_episodes: int, n_envs: int, seed: int = 0) -> dict[str, dict]:
+    """Summaries of :func:`reference_episodes`."""
+    return {policy: summarize(episodes)
+            for policy, episodes in reference_episodes(env_id, env_kwargs, n_episodes, n_envs, seed).items()}
 
 
 def add_scores(rows: dict[str, dict], reference_rows: dict[str, dict]) -> None:
@@ -121,9 +142,9 @@ def evaluate(path: str | Path, split: str = "test", episodes: Optional[int] = No
              device: str = "auto", progress: bool = False) -> dict[str, Any]:
     """Evaluate the model of a run directory (or a model file inside one) on a held-out split or on layout files.
 
-    Returns ``{"env_id", "env_kwargs", "model", "rows": {name: summary (+ score)}}`` with rows for the agent and,
-    unless ``with_references`` is off, the random and oracle references on the same layouts. ``progress`` shows a
-    bar of the agent's episodes (and env steps) on stderr.
+    Returns ``{"env_id", "env_kwargs", "model", "rows": {name: summary (+ score) + visit_curve}}`` with rows for
+    the agent and, unless ``with_references`` is off, the random and oracle references on the same layouts.
+    ``progress`` shows a bar of the agent's episodes (and env steps) on stderr.
     """
     check_device_option(device)
     model_path, config = find_model(path, best=best)
@@ -139,14 +160,14 @@ def evaluate(path: str | Path, split: str = "test", episodes: Optional[int] = No
     agent = load_agent(model_path, config.algo, device=device)
     vec_env = make_env(config.env_id, n_envs, seed=seed, **env_kwargs)
     try:
-        rows = {config.experiment: summarize(run_episodes(agent, vec_env, episodes, seed, deterministic,
-                                                          progress=progress))}
+        played = {config.experiment: run_episodes(agent, vec_env, episodes, seed, deterministic, progress=progress)}
     finally:
         vec_env.close()
     if with_references:
-        reference_rows = references(config.env_id, env_kwargs, episodes, n_envs, seed)
-        rows = {**reference_rows, **rows}
-        add_scores(rows, reference_rows)
+        played = {**reference_episodes(config.env_id, env_kwargs, episodes, n_envs, seed), **played}
+    rows = {name: {**summarize(stats), **visit_curve(stats)} for name, stats in played.items()}
+    if with_references:
+        add_scores(rows, rows)
     return {"env_id": config.env_id, "env_kwargs": env_kwargs, "model": str(model_path), "rows": rows}
 
 

@@ -35,6 +35,7 @@ from fwm_rl.train.agent_factory import algorithm_class, build_agent, resolved_co
 from fwm_rl.train.callback import EVAL_SEED, EpisodeStatsRecorder, RunCallback, ctrl_c_stops
 from fwm_rl.agents.distributed import rank_seed
 from fwm_rl.train.checkpoints import gather_ranks, restore_agent
+from fwm_rl.train.curriculum import with_curriculum
 from fwm_rl.train.config import ALIASES, TrainConfig, find_config, load_config
 from fwm_rl.train.evaluate import MAX_EVAL_ENVS, references
 from fwm_rl.train import runner
@@ -132,7 +133,8 @@ class RLTrainer(runner.Trainer):
             run_log.message(f"training {config.experiment}: {config.algo} + {config.core} core on {config.env_id}, "
                             f"{config.total_timesteps:,} steps -> {run.path}")
             with ctrl_c_stops(callback):
-                model.learn(total_timesteps=remaining, callback=callback, log_interval=1,
+                model.learn(total_timesteps=remaining, callback=with_curriculum(callback, model.get_env(), config,
+                                                                                run_log), log_interval=1,
                             reset_num_timesteps=not resumed)
                 if callback.stopped is None:
                     callback.boundary(final=True)

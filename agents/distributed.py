@@ -99,6 +99,11 @@ class DataParallel:
         dist.gather_object(obj, out, dst=0)
         return out
 
+    def barrier(self) -> None:
+        """Wait until every rank gets here (e.g. rank 0 has written a file the others read)."""
+        if self.distributed:
+            dist.barrier()
+
     def _device(self) -> th.device:
         """Where small collective tensors live: the current CUDA device under nccl, else the CPU."""
         if dist.get_backend() == "nccl":

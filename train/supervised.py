@@ -13,7 +13,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
-import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -21,12 +20,12 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal, Optional
 
 import torch
-import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from fwm_rl import State, build_core, detach_state
+from fwm_rl.agents.distributed import DataParallel
 from fwm_rl.train import options, runner
 from fwm_rl.train.errors import UserError, user_input
 from fwm_rl.train.io import atomic_write, write_json
@@ -137,52 +136,10 @@ class SupervisedConfig(runner.RunConfig):
         return TASK_DEFAULTS[self.task][name] if value is None else value
 
 
-# Distributed set-up -------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Dist:
-    """Rank and world size of this process (1 process when not started by torchrun)."""
-
-    rank: int = 0
-    world_size: int = 1
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    def all_reduce(self, sums: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        if self.world_size > 1:
-            for value in sums.values():
-                dist.all_reduce(value)
-        return sums
-
-    def gather(self, obj: Any) -> list[Any]:
-        if self.world_size == 1:
-            return [obj]
-        out: list[Any] = [None] * self.world_size
-        dist.all_gather_object(out, obj)
-        return out
-
-    def barrier(self) -> None:
-        if self.world_size > 1:
-            dist.barrier()
-
-
-def init_distributed(device: torch.device) -> Dist:
-    """Join the process group that ``torchrun`` describes in the environment (no-op for a single process)."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size == 1:
-        return Dist()
-    if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-    return Dist(dist.get_rank(), dist.get_world_size())
-
-
 # Tasks and model ----------------------------------------------------------------------------------------------------
 
 
-def make_task(cfg: SupervisedConfig, ranks: Dist) -> Task:
+def make_task(cfg: SupervisedConfig, ranks: DataParallel) -> Task:
     """The task of ``cfg``, with this rank's share of the data."""
     batch, eval_batch = cfg.resolved("batch_size"), cfg.resolved("eval_batch_size")
     if cfg.task in ("art", "mart"):
@@ -230,7 +187,7 @@ def make_model(cfg: SupervisedConfig, task: Task, hidden: int) -> SequenceModel:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, task: Task, split: str, device: torch.device, ranks: Dist, skip_reads: bool = False
+def evaluate(model: nn.Module, task: Task, split: str, device: torch.device, ranks: DataParallel, skip_reads: bool = False
              ) -> dict[str, float]:
     """Metrics ``{split}/...`` over the whole split (each rank scores its share; the sums are all-reduced);
     ``skip_reads`` as in :func:`run_model`."""
@@ -245,7 +202,7 @@ def evaluate(model: nn.Module, task: Task, split: str, device: torch.device, ran
         logits, state = run_model(model, batch, state, task, skip_reads)
         total = add_sums(total, score(logits, batch, task.num_groups)[1])
     model.train(was_training)
-    return task.summarize(split, ranks.all_reduce(total))
+    return task.summarize(split, {name: ranks.sum(value) for name, value in total.items()})
 
 
 def read_mask(batch: Batch, head: str) -> Tensor:
@@ -284,10 +241,8 @@ class SupervisedTrainer(runner.Trainer):
     def __init__(self, config: SupervisedConfig, checkpoint: Optional[dict[str, Any]] = None,
                  progress_bar: bool = True, quiet: bool = False) -> None:
         super().__init__(config, checkpoint, progress_bar, quiet)
-        self.device = runner.pick_device(config.device)
-        self.ranks = init_distributed(self.device)
-        if self.device.type == "cuda" and self.ranks.world_size > 1:
-            self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        self.ranks, device = runner.join_torchrun(config.device)
+        self.device = runner.pick_device(device)
         torch.manual_seed(config.seed)
         self.task = make_task(config, self.ranks)
         self.hidden_size = model_hidden_size(config, self.task)
@@ -346,7 +301,7 @@ class SupervisedTrainer(runner.Trainer):
             done = step + 1
             if done % cfg.eval_freq and done != cfg.steps:
                 continue
-            metrics = task.summarize("train", ranks.all_reduce(window))
+            metrics = task.summarize("train", {name: ranks.sum(value) for name, value in window.items()})
             metrics["train/steps_per_s"] = (done - tic_step) / (time.perf_counter() - tic)
             metrics.update(evaluate(model, task, "val", device, ranks, cfg.skip_reads))
             if cfg.eval_test_periodically:

@@ -57,7 +57,7 @@ def write_gif(frames: list[np.ndarray], captions: list[str], path: Path, fps: fl
             white, black = len(colours), len(colours) + 1
             canvas = np.full((height + CAPTION_HEIGHT, width), white, dtype=np.uint8)
             canvas[:height] = np.searchsorted(colours, code)
-            image = Image.fromarray(canvas, mode="P")
+            image = Image.frombytes("P", (width, height + CAPTION_HEIGHT), canvas.tobytes())  # palette indices
             image.putpalette(np.concatenate([np.stack([colours >> 16, (colours >> 8) & 255, colours & 255], 1).ravel(),
                                              [255, 255, 255, 0, 0, 0]]).astype(np.uint8).tolist())
         else:

@@ -18,9 +18,9 @@ nothing that training draws.
 Under ``torchrun --nproc-per-node N -m fwm_rl train ...`` the run is data-parallel, DD-PPO style
 (``fwm_rl.agents.distributed``): every rank steps its own ``n_envs`` envs (seeded ``seed + rank * n_envs``), the
 gradients of every minibatch are averaged over the ranks, ``total_timesteps`` and every step count are all ranks'
-steps together, and the stop decisions (time budget, Ctrl-C) are taken together. Rank 0 writes the run directory alone: config,
-metrics (the training episodes of all ranks; the losses are rank 0's), evaluations, models and checkpoints, which
-hold every rank's runtime state, env and RNGs. ``--resume`` under torchrun with the same number of processes
+steps together, and the stop decisions (time budget, Ctrl-C) are taken together. Rank 0 writes the run directory
+alone: config, metrics (the training episodes of all ranks; the losses are rank 0's), evaluations, models and
+checkpoints, which hold every rank's runtime state, env and RNGs. ``--resume`` under torchrun with the same number of processes
 continues exactly; every rank reads the run directory, so across machines it sits on a shared filesystem.
 """
 from __future__ import annotations
@@ -30,10 +30,9 @@ import json
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-
+from fwm_rl.agents.distributed import rank_seed
 from fwm_rl.train.agent_factory import algorithm_class, build_agent, resolved_config
 from fwm_rl.train.callback import EVAL_SEED, EpisodeStatsRecorder, RunCallback, ctrl_c_stops
-from fwm_rl.agents.distributed import rank_seed
 from fwm_rl.train.checkpoints import gather_ranks, restore_agent
 from fwm_rl.train.curriculum import with_curriculum
 from fwm_rl.train.config import ALIASES, TrainConfig, find_config, load_config
@@ -132,9 +131,9 @@ class RLTrainer(runner.Trainer):
                 run_log.message(f"resuming {run.path} at {model.num_timesteps:,} steps")
             run_log.message(f"training {config.experiment}: {config.algo} + {config.core} core on {config.env_id}, "
                             f"{config.total_timesteps:,} steps -> {run.path}")
+            callbacks = with_curriculum(callback, model.get_env(), config, run_log)
             with ctrl_c_stops(callback):
-                model.learn(total_timesteps=remaining, callback=with_curriculum(callback, model.get_env(), config,
-                                                                                run_log), log_interval=1,
+                model.learn(total_timesteps=remaining, callback=callbacks, log_interval=1,
                             reset_num_timesteps=not resumed)
                 if callback.stopped is None:
                     callback.boundary(final=True)

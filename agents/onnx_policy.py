@@ -119,8 +119,7 @@ class SingleStepPolicy(nn.Module):
             states[role] = reset_state(tuple(flat_state[offset:offset + len(specs)]), episode_start)
             offset += len(specs)
         no_resets = torch.zeros_like(episode_start).unsqueeze(0)  # [1, B]: the resets are done above
-        latent_pi, latent_vf, next_states = self.policy._latents(
-            obs, ActorCriticStates(states["actor"], states.get("critic", ())), no_resets)
-        logits = self.policy.action_net(latent_pi)  # [B, A]
-        value = self.policy.value_net(latent_vf).squeeze(-1)  # [B]
-        return (logits, logits.argmax(dim=-1), value, *next_states.actor, *next_states.critic)
+        latents = self.policy._latents(obs, ActorCriticStates(states["actor"], states.get("critic", ())), no_resets)
+        logits = self.policy.action_net(latents.pi)  # [B, A]
+        value = self.policy.value_net(latents.vf).squeeze(-1)  # [B]
+        return (logits, logits.argmax(dim=-1), value, *latents.states.actor, *latents.states.critic)

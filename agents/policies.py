@@ -11,13 +11,14 @@ unmodified ``sb3_contrib.RecurrentPPO``.
 from __future__ import annotations
 
 import inspect
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable, NamedTuple, Optional, Union
 
 import numpy as np
 import torch as th
 from gymnasium import spaces
 from stable_baselines3.common.distributions import Distribution
 from stable_baselines3.common.policies import ActorCriticPolicy
+from stable_baselines3.common.preprocessing import get_flattened_obs_dim, preprocess_obs
 from stable_baselines3.common.torch_layers import (
     BaseFeaturesExtractor,
     CombinedExtractor,
@@ -32,6 +33,25 @@ from fwm_rl.agents.state import ActorCriticStates
 
 CRITIC_MODES = ("separate", "shared", "joint", "none")
 ACTOR_CORE_CRITICS = ("shared", "joint")  # critics that read the actor core's output
+NEXT_OBS_UNITS = 64  # hidden units of the next-observation head
+
+
+class Latents(NamedTuple):
+    """What :meth:`CorePolicy._latents` computes from ``[T, B]`` inputs; rows are time-major ``T * B``."""
+
+    pi: Optional[Tensor]  # [T * B, L_pi] actor latent after the MLP
+    vf: Optional[Tensor]  # [T * B, L_vf] critic latent after the MLP
+    states: ActorCriticStates  # after step T
+    actor_output: Optional[Tensor]  # [T * B, H] the actor core's output (None when the actor core did not run)
+
+
+class TrajectoryEvaluation(NamedTuple):
+    """:meth:`CorePolicy.evaluate_trajectories` of the actions taken along whole trajectories."""
+
+    values: Tensor  # [T, B]
+    log_prob: Tensor  # [T, B]
+    entropy: Optional[Tensor]  # [T, B]; None without an analytical entropy
+    next_obs_loss: Optional[Tensor]  # scalar; None without the next-observation head
 
 
 def map_obs(fn: Callable[[Tensor], Tensor], obs: PyTorchObs) -> PyTorchObs:
@@ -69,6 +89,9 @@ class CorePolicy(ActorCriticPolicy):
         the FWM paper's agent) or "none" (the critic is feed-forward)
     :param net_arch: MLP layers after the core, as in SB3 (default ``dict(pi=[64, 64], vf=[64, 64])``; ``[]`` puts
         linear heads directly on the core, as in the FWM paper)
+    :param predict_next_obs: add a head that predicts the next step's features from the actor core's output and the
+        action taken (:meth:`next_obs_loss`; RecurrentPPO's ``next_obs_coef`` weights it): a dense, supervised
+        signal that trains the memory to hold what the agent has seen, such as the edges of a graph
 
     The other parameters are ``ActorCriticPolicy``'s (activation, ``ortho_init`` of extractor, MLP and heads (the
     core keeps its own init), gSDE options, features extractor, optimizer). An optimizer that has a fused
@@ -86,6 +109,7 @@ class CorePolicy(ActorCriticPolicy):
         core_kwargs: Optional[dict[str, Any]] = None,
         critic: str = "shared",
         net_arch: Optional[Union[list[int], dict[str, list[int]]]] = None,
+        predict_next_obs: bool = False,
         activation_fn: type[nn.Module] = nn.Tanh,
         ortho_init: bool = True,
         use_sde: bool = False,
@@ -111,6 +135,7 @@ class CorePolicy(ActorCriticPolicy):
         self.hidden_size = hidden_size
         self.core_kwargs = dict(core_kwargs or {})
         self.critic_mode = critic
+        self.predict_next_obs = predict_next_obs
         optimizer_kwargs = dict(optimizer_kwargs or {})
         if not {"fused", "foreach"} & set(optimizer_kwargs) and "fused" in inspect.signature(optimizer_class).parameters:
             optimizer_kwargs["fused"] = True
@@ -148,6 +173,15 @@ class CorePolicy(ActorCriticPolicy):
         self.mlp_extractor = MlpExtractor(
             self.actor_core.output_size, net_arch=self.net_arch, activation_fn=self.activation_fn, device=self.device
         )
+        self.next_obs_net = (
+            nn.Sequential(
+                nn.Linear(self.actor_core.output_size + get_flattened_obs_dim(self.action_space), NEXT_OBS_UNITS),
+                self.activation_fn(),
+                nn.Linear(NEXT_OBS_UNITS, self.features_dim),
+            )
+            if self.predict_next_obs
+            else None
+        )
 
     def _get_constructor_parameters(self) -> dict[str, Any]:
         data = super()._get_constructor_parameters()
@@ -156,6 +190,7 @@ class CorePolicy(ActorCriticPolicy):
             hidden_size=self.hidden_size,
             core_kwargs=self.core_kwargs,
             critic=self.critic_mode,
+            predict_next_obs=self.predict_next_obs,
             share_features_extractor=self.share_features_extractor,
         )
         return data
@@ -183,9 +218,10 @@ class CorePolicy(ActorCriticPolicy):
     def _latents(
         self, obs: PyTorchObs, states: ActorCriticStates, episode_starts: Tensor, actor: bool = True,
         critic: bool = True,
-    ) -> tuple[Optional[Tensor], Optional[Tensor], ActorCriticStates]:
-        """``obs [T, B, ...]`` -> (actor latent, critic latent) ``[T * B, L]`` after the MLP (None where not asked
-        for) and the states after step T. The actor core runs once, also when the critic reads it."""
+    ) -> Latents:
+        """``obs [T, B, ...]`` -> the actor and critic latents ``[T * B, L]`` after the MLP (None where not asked
+        for), the states after step T and the actor core's output. The actor core runs once, also when the critic
+        reads it."""
         pi_features, vf_features = self._features(map_obs(flatten_time, obs))
         actor_state, critic_state = states
         latent_pi = latent_vf = actor_output = None
@@ -202,7 +238,7 @@ class CorePolicy(ActorCriticPolicy):
             else:
                 critic_output = actor_output.detach() if self.critic_mode == "shared" else actor_output
             latent_vf = self.mlp_extractor.forward_critic(critic_output)
-        return latent_pi, latent_vf, ActorCriticStates(actor_state, critic_state)
+        return Latents(latent_pi, latent_vf, ActorCriticStates(actor_state, critic_state), actor_output)
 
     def forward(  # type: ignore[override]
         self, obs: PyTorchObs, states: ActorCriticStates, episode_starts: Tensor, deterministic: bool = False
@@ -216,32 +252,58 @@ class CorePolicy(ActorCriticPolicy):
         :return: actions ``[T, B, *action_shape]``, values ``[T, B]``, log-probs ``[T, B]``, states after step T
         """
         T, B = episode_starts.shape
-        latent_pi, latent_vf, states = self._latents(obs, states, episode_starts)
-        distribution = self._get_action_dist_from_latent(latent_pi)
+        latents = self._latents(obs, states, episode_starts)
+        distribution = self._get_action_dist_from_latent(latents.pi)
         actions = distribution.get_actions(deterministic=deterministic)
         log_prob = distribution.log_prob(actions)
-        values = self.value_net(latent_vf)
-        return actions.reshape(T, B, *self.action_space.shape), values.view(T, B), log_prob.view(T, B), states
+        values = self.value_net(latents.vf)
+        return (actions.reshape(T, B, *self.action_space.shape), values.view(T, B), log_prob.view(T, B),
+                latents.states)
 
     def evaluate_actions(  # type: ignore[override]
         self, obs: PyTorchObs, actions: Tensor, states: ActorCriticStates, episode_starts: Tensor
     ) -> tuple[Tensor, Tensor, Optional[Tensor]]:
         """Values, log-probs and entropies ``[T, B]`` of ``actions`` (``[T, B]`` for Discrete, else
         ``[T, B, action_dim]``) along whole trajectories from ``states``."""
+        return self.evaluate_trajectories(obs, actions, states, episode_starts)[:3]
+
+    def evaluate_trajectories(
+        self, obs: PyTorchObs, actions: Tensor, states: ActorCriticStates, episode_starts: Tensor
+    ) -> TrajectoryEvaluation:
+        """:meth:`evaluate_actions` and, with the next-observation head, :meth:`next_obs_loss`, from one core pass."""
         T, B = episode_starts.shape
-        latent_pi, latent_vf, _ = self._latents(obs, states, episode_starts)
-        distribution = self._get_action_dist_from_latent(latent_pi)
+        latents = self._latents(obs, states, episode_starts)
+        distribution = self._get_action_dist_from_latent(latents.pi)
         log_prob = distribution.log_prob(flatten_time(actions)).view(T, B)
         entropy = distribution.entropy()
-        values = self.value_net(latent_vf).view(T, B)
-        return values, log_prob, None if entropy is None else entropy.view(T, B)
+        values = self.value_net(latents.vf).view(T, B)
+        next_obs_loss = (
+            self.next_obs_loss(obs, actions, latents.actor_output.view(T, B, -1), episode_starts)
+            if self.next_obs_net is not None
+            else None
+        )
+        return TrajectoryEvaluation(values, log_prob, None if entropy is None else entropy.view(T, B), next_obs_loss)
+
+    def next_obs_loss(self, obs: PyTorchObs, actions: Tensor, actor_output: Tensor, episode_starts: Tensor) -> Tensor:
+        """Mean squared error of the head's prediction of step t+1's features from step t's actor core output
+        ``[T, B, H]`` and action, over the pairs (t, t+1) of ``obs [T, B, ...]`` inside one episode (0 if none).
+        A feature whose variance over the batch exceeds 1 (a reward of 10 in the observation) has its error
+        measured in units of that variance, so that no feature's scale drowns the others."""
+        T, B = episode_starts.shape
+        with th.no_grad():
+            targets = self.extract_features(map_obs(flatten_time, obs)).view(T, B, -1)[1:]  # [T-1, B, D]
+        taken = preprocess_obs(flatten_time(actions), self.action_space).view(T, B, -1)  # [T, B, A] (one-hot)
+        predictions = self.next_obs_net(th.cat([actor_output[:-1], taken[:-1]], dim=-1))  # [T-1, B, D]
+        same_episode = 1.0 - episode_starts[1:]  # [T-1, B]
+        scale = targets.flatten(0, 1).var(dim=0, correction=0).clamp(min=1.0)  # [D]
+        errors = ((predictions - targets).square() / scale).mean(dim=-1)  # [T-1, B]
+        return (errors * same_episode).sum() / same_episode.sum().clamp(min=1.0)
 
     def predict_values(  # type: ignore[override]
         self, obs: PyTorchObs, states: ActorCriticStates, episode_starts: Tensor
     ) -> Tensor:
         """Values ``[T, B]`` of ``obs [T, B, ...]`` (the actor core runs only if the critic reads it)."""
-        _, latent_vf, _ = self._latents(obs, states, episode_starts, actor=False)
-        return self.value_net(latent_vf).view(*episode_starts.shape)
+        return self.value_net(self._latents(obs, states, episode_starts, actor=False).vf).view(*episode_starts.shape)
 
     def get_distribution(  # type: ignore[override]
         self, obs: PyTorchObs, actor_state: State, episode_starts: Tensor
@@ -252,8 +314,8 @@ class CorePolicy(ActorCriticPolicy):
     def _action_distribution(
         self, obs: PyTorchObs, actor_state: State, episode_starts: Tensor
     ) -> tuple[Distribution, State]:
-        latent_pi, _, states = self._latents(obs, ActorCriticStates(actor_state, ()), episode_starts, critic=False)
-        return self._get_action_dist_from_latent(latent_pi), states.actor
+        latents = self._latents(obs, ActorCriticStates(actor_state, ()), episode_starts, critic=False)
+        return self._get_action_dist_from_latent(latents.pi), latents.states.actor
 
     # ---------------------------------------------------------------- predict: the SB3 user API
 

@@ -10,6 +10,7 @@ env-trajectories ``[n_steps, B_mb]`` run through the core in one call, and a bat
 from __future__ import annotations
 
 import copy
+import math
 from typing import Any, ClassVar, NamedTuple, Optional, TypeVar, Union
 
 import numpy as np
@@ -26,7 +27,7 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from fwm_rl.agents.buffers import TrajectoryBatch, TrajectoryDictRolloutBuffer, TrajectoryRolloutBuffer
-from fwm_rl.agents.checks import check_finite, check_on_policy_hyperparameters
+from fwm_rl.agents.checks import check_finite, check_in_range, check_on_policy_hyperparameters
 from fwm_rl.agents.distributed import SINGLE_PROCESS, DataParallel
 from fwm_rl.agents.policies import CorePolicy, LSTMPolicy, MultiInputCorePolicy, MultiInputLSTMPolicy
 from fwm_rl.agents.sb3_contrib_adapter import SB3ContribCorePolicy
@@ -62,7 +63,8 @@ SelfRecurrentPPO = TypeVar("SelfRecurrentPPO", bound="RecurrentPPO")
 class RecurrentPPO(OnPolicyAlgorithm):
     """PPO (clip) for recurrent policies with any ``fwm_rl`` core, trained on whole env-trajectories.
 
-    Same arguments as ``sb3_contrib.RecurrentPPO`` plus ``timeout_bootstrap``, with these differences:
+    Same arguments as ``sb3_contrib.RecurrentPPO`` plus ``timeout_bootstrap`` and ``next_obs_coef``, with these
+    differences:
 
     * ``batch_size`` counts transitions as in SB3, but a minibatch holds whole env-trajectories, so it must be a
       multiple of ``n_steps`` (``batch_size / n_steps`` envs per minibatch); the default, ``None``, puts all envs in
@@ -75,6 +77,8 @@ class RecurrentPPO(OnPolicyAlgorithm):
 
     :param timeout_bootstrap: on truncation (``TimeLimit.truncated``) add ``gamma * V(terminal observation)`` to the
         reward, as SB3 does; False treats truncation as termination (the FWM paper's Monte-Carlo returns)
+    :param next_obs_coef: weight of the policy's next-observation loss (:meth:`CorePolicy.next_obs_loss`) in the
+        PPO loss; above 0 the policy is built with ``predict_next_obs=True``. 0 (the default) is plain PPO
 
     See ``sb3_contrib.RecurrentPPO`` for the other parameters.
     """
@@ -109,6 +113,7 @@ class RecurrentPPO(OnPolicyAlgorithm):
         sde_sample_freq: int = -1,
         target_kl: Optional[float] = None,
         timeout_bootstrap: bool = True,
+        next_obs_coef: float = 0.0,
         stats_window_size: int = 100,
         tensorboard_log: Optional[str] = None,
         policy_kwargs: Optional[dict[str, Any]] = None,
@@ -122,6 +127,12 @@ class RecurrentPPO(OnPolicyAlgorithm):
             ent_coef=ent_coef, vf_coef=vf_coef, max_grad_norm=max_grad_norm, batch_size=batch_size,
             n_epochs=n_epochs, clip_range=clip_range, clip_range_vf=clip_range_vf, target_kl=target_kl,
         )
+        check_in_range(type(self).__name__, "next_obs_coef", next_obs_coef, 0.0, math.inf, high_open=True)
+        if next_obs_coef > 0:
+            if (policy_kwargs or {}).get("predict_next_obs") is False:
+                raise ValueError(f"{type(self).__name__}: next_obs_coef={next_obs_coef} needs the policy's "
+                                 "next-observation head; drop predict_next_obs=False from policy_kwargs")
+            policy_kwargs = {**(policy_kwargs or {}), "predict_next_obs": True}
         super().__init__(
             policy,
             env,
@@ -150,6 +161,7 @@ class RecurrentPPO(OnPolicyAlgorithm):
         self.normalize_advantage = normalize_advantage
         self.target_kl = target_kl
         self.timeout_bootstrap = timeout_bootstrap
+        self.next_obs_coef = next_obs_coef
         self._last_core_states: Optional[ActorCriticStates] = None
         self.last_env_step: Optional[EnvStep] = None  # for callbacks: read it in on_step, instead of self.locals
         self.data_parallel: DataParallel = SINGLE_PROCESS
@@ -287,14 +299,15 @@ class RecurrentPPO(OnPolicyAlgorithm):
         callback.on_rollout_end()
         return True
 
-    def _evaluate(self, batch: TrajectoryBatch) -> tuple[Tensor, Tensor, Tensor]:
-        """Values, log-probs ``[T, B]`` and the entropy loss of ``batch`` under the current policy."""
-        values, log_prob, entropy = self.policy.evaluate_actions(
+    def _evaluate(self, batch: TrajectoryBatch) -> tuple[Tensor, Tensor, Tensor, Optional[Tensor]]:
+        """Values, log-probs ``[T, B]``, the entropy loss and the next-observation loss (None without the policy's
+        head) of ``batch`` under the current policy."""
+        values, log_prob, entropy, next_obs_loss = self.policy.evaluate_trajectories(
             batch.observations, batch.actions, batch.initial_state, batch.episode_starts
         )
         # Without an analytical entropy, -log_prob estimates it.
         entropy_loss = th.mean(log_prob) if entropy is None else -th.mean(entropy)
-        return values, log_prob, entropy_loss
+        return values, log_prob, entropy_loss, next_obs_loss
 
     def set_data_parallel(self, ranks: DataParallel) -> None:
         """Train as one rank of ``ranks`` (see :mod:`fwm_rl.agents.distributed`): rank 0's parameters are copied to
@@ -392,11 +405,12 @@ class RecurrentPPO(OnPolicyAlgorithm):
             None if self.clip_range_vf is None else self.clip_range_vf(self._current_progress_remaining)  # type: ignore
         )
         entropy_losses, pg_losses, value_losses, clip_fractions, approx_kl_divs = [], [], [], [], []
+        next_obs_losses = []
         continue_training = True
         for epoch in range(self.n_epochs):
             approx_kl_divs = []
             for batch in self.rollout_buffer.get(self._envs_per_batch()):
-                values, log_prob, entropy_loss = self._evaluate(batch)
+                values, log_prob, entropy_loss, next_obs_loss = self._evaluate(batch)
                 advantages = batch.advantages
                 if self.normalize_advantage and advantages.numel() > 1:
                     advantages = self._normalized(advantages)
@@ -409,6 +423,9 @@ class RecurrentPPO(OnPolicyAlgorithm):
                     values_pred = batch.old_values + th.clamp(values - batch.old_values, -clip_range_vf, clip_range_vf)
                 value_loss = F.mse_loss(batch.returns, values_pred)
                 loss = policy_loss + self.ent_coef * entropy_loss + self.vf_coef * value_loss
+                if self.next_obs_coef > 0:
+                    loss = loss + self.next_obs_coef * next_obs_loss
+                    next_obs_losses.append(next_obs_loss.item())
 
                 pg_losses.append(policy_loss.item())
                 value_losses.append(value_loss.item())
@@ -432,6 +449,8 @@ class RecurrentPPO(OnPolicyAlgorithm):
         self.logger.record("train/entropy_loss", np.mean(entropy_losses))
         self.logger.record("train/policy_gradient_loss", np.mean(pg_losses))
         self.logger.record("train/value_loss", np.mean(value_losses))
+        if next_obs_losses:
+            self.logger.record("train/next_obs_loss", np.mean(next_obs_losses))
         self.logger.record("train/approx_kl", np.mean(approx_kl_divs))
         self.logger.record("train/clip_fraction", np.mean(clip_fractions))
         self.logger.record("train/loss", loss.item())

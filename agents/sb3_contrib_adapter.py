@@ -157,11 +157,9 @@ class SB3ContribCorePolicy(CorePolicy):
         n_seq = packed_actor_state[0].shape[1]
         starts = env_major_to_time_major(episode_starts, n_seq)
         obs = map_obs(lambda x: env_major_to_time_major(x, n_seq), obs)
-        latent_pi, _, states = self._latents(
-            obs, ActorCriticStates(self.unpack_state(packed_actor_state), ()), starts, critic=False
-        )
-        latent_pi = time_major_to_env_major(latent_pi.view(*starts.shape, -1))  # rows of the distribution: env-major
-        return self._get_action_dist_from_latent(latent_pi), self.pack_state(states.actor, n_seq)
+        latents = self._latents(obs, ActorCriticStates(self.unpack_state(packed_actor_state), ()), starts, critic=False)
+        latent_pi = time_major_to_env_major(latents.pi.view(*starts.shape, -1))  # rows of the distribution: env-major
+        return self._get_action_dist_from_latent(latent_pi), self.pack_state(latents.states.actor, n_seq)
 
     def predict_values(  # type: ignore[override]
         self, obs: PyTorchObs, packed_critic_state: PackedState, episode_starts: Tensor

@@ -216,6 +216,45 @@ def test_save_plus_runtime_state_continues_learning_bit_identically(algo, tmp_pa
     assert not np.array_equal(without.policy.parameters_to_vector(), model.policy.parameters_to_vector())
 
 
+@pytest.mark.parametrize("algo", [RecurrentPPO, RecurrentA2C])
+def test_next_obs_coef_adds_the_head_logs_its_loss_and_survives_save_load(algo, tmp_path):
+    model = algo("MlpFwmPolicy", graph_env(), n_steps=12, policy_kwargs=SMALL_FWM, next_obs_coef=0.5, seed=0)
+    assert model.policy.predict_next_obs and model.policy.next_obs_net is not None
+    model.set_logger(configure(str(tmp_path / "log"), ["csv"]))
+    model.learn(96, log_interval=1)
+    with open(tmp_path / "log" / "progress.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert np.isfinite(float(rows[-1]["train/next_obs_loss"]))
+    model.save(tmp_path / "model.zip")
+    loaded = algo.load(tmp_path / "model.zip")
+    assert loaded.next_obs_coef == 0.5 and loaded.policy.next_obs_net is not None
+    for a, b in zip(model.policy.next_obs_net.parameters(), loaded.policy.next_obs_net.parameters()):
+        th.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_next_obs_coef_zero_is_plain_ppo_bit_for_bit():
+    def trained(**kwargs):
+        model = RecurrentPPO("MlpFwmPolicy", graph_env(), n_steps=12, batch_size=24, n_epochs=2,
+                             policy_kwargs=SMALL_FWM, seed=3, **kwargs)
+        return model.learn(96).policy.state_dict()
+
+    plain, zero = trained(), trained(next_obs_coef=0.0)
+    assert plain.keys() == zero.keys()
+    for key in plain:
+        th.testing.assert_close(plain[key], zero[key], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(next_obs_coef=-1.0), "next_obs_coef"),
+    (dict(next_obs_coef=1.0, policy_kwargs={**SMALL_FWM, "predict_next_obs": False}), "predict_next_obs"),
+])
+def test_bad_next_obs_settings_raise_one_line_errors(kwargs, message):
+    kwargs = {"policy_kwargs": SMALL_FWM, **kwargs}
+    with pytest.raises(ValueError, match=message) as error:
+        RecurrentPPO("MlpFwmPolicy", graph_env(), n_steps=12, **kwargs)
+    assert "\n" not in str(error.value)
+
+
 def test_runtime_state_is_a_copy_and_set_rejects_other_keys():
     model = RecurrentPPO("MlpFwmPolicy", graph_env(2), n_steps=10, policy_kwargs=SMALL_FWM, seed=0, device="cpu")
     model.learn(20)

@@ -177,6 +177,57 @@ def test_evaluate_actions_matches_step_by_step_reference_with_resets(critic):
         th.testing.assert_close(g, w, atol=1e-5, rtol=1e-5)
 
 
+def reference_next_obs_loss(policy: CorePolicy, obs, actions, states: ActorCriticStates, starts) -> float:
+    """Pair by pair: the actor core one step at a time (rows zeroed by hand), the head on [y_t, one_hot(a_t)], the
+    squared error against obs[t + 1] with each feature's error divided by max(1, its variance over obs[1:])."""
+    T, B = starts.shape
+    variance = np.maximum(obs[1:].reshape(-1, obs.shape[-1]).double().numpy().var(axis=0), 1.0)
+    outputs, state = [], states.actor
+    for t in range(T):
+        state = tuple(s * (1.0 - starts[t]).view(B, *[1] * (s.dim() - 1)) for s in state)
+        y, state = policy.actor_core(obs[t].unsqueeze(0), state)
+        outputs.append(y[0])
+    errors = []
+    for t in range(T - 1):
+        for b in range(B):
+            if starts[t + 1, b]:
+                continue  # obs[t + 1] begins a new episode: nothing to predict
+            one_hot = th.nn.functional.one_hot(actions[t, b], env_actions(policy)).float()
+            prediction = policy.next_obs_net(th.cat([outputs[t][b], one_hot])).double().numpy()
+            errors.append(np.mean((prediction - obs[t + 1, b].double().numpy()) ** 2 / variance))
+    return float(np.mean(errors))
+
+
+def env_actions(policy: CorePolicy) -> int:
+    return int(policy.action_space.n)
+
+
+@pytest.mark.parametrize("critic", ["shared", "separate"])
+def test_next_obs_loss_matches_a_pair_by_pair_reference_with_resets(critic):
+    env = graph_env(2)
+    th.manual_seed(0)
+    policy = make_policy(env, critic=critic, predict_next_obs=True)
+    obs, actions, starts = rollout_tensors(env, T=9, B=5)
+    obs[..., 0] *= 10.0  # one feature with a variance above 1: its error is measured in units of that variance
+    states = random_states(policy, 5)
+    with th.no_grad():
+        got = policy.evaluate_trajectories(obs, actions, states, starts).next_obs_loss
+        want = reference_next_obs_loss(policy, obs, actions, states, starts)
+    assert got.item() == pytest.approx(want, rel=1e-5)
+
+
+def test_next_obs_loss_trains_the_actor_core_under_a_shared_critic_and_is_none_without_the_head():
+    env = graph_env(2)
+    obs, actions, starts = rollout_tensors(env, T=5, B=3)
+    policy = make_policy(env, critic="shared", predict_next_obs=True)
+    policy.evaluate_trajectories(obs, actions, policy.initial_state(3), starts).next_obs_loss.backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in policy.next_obs_net.parameters())
+    assert sum(p.grad.abs().sum() for p in policy.actor_core.parameters() if p.grad is not None) > 0
+    plain = make_policy(env)
+    assert plain.next_obs_net is None
+    assert plain.evaluate_trajectories(obs, actions, plain.initial_state(3), starts).next_obs_loss is None
+
+
 @pytest.mark.parametrize("critic", CRITICS)
 def test_adapter_on_packed_env_major_batches_equals_core_policy(critic):
     """The adapter, seeded alike, builds CorePolicy's parameters, and its sb3-contrib methods (flat env-major batches,

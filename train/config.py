@@ -76,6 +76,9 @@ class TrainConfig(RunConfig):
     timeout_bootstrap: Optional[bool] = None
     """Bootstrap the value at a truncated episode end (false: Monte-Carlo returns, as in the paper); none for the
     algorithm's default (true)."""
+    next_obs_coef: Optional[float] = None
+    """Weight of an auxiliary loss: a head predicts the next observation from the actor core's output and the action
+    taken, which trains the memory to hold what the agent has seen; none for the algorithm's default (0, off)."""
     optimizer: Optional[Literal["adam", "rmsprop"]] = None
     """Optimizer; none for the algorithm's default (adam for ppo, rmsprop for a2c)."""
     optimizer_kwargs: dict[str, Any] = field(default_factory=dict)

@@ -33,6 +33,12 @@ class TaskEnv(gym.Env):
     env_id: str
     dynamics_class: type[BatchedDynamics]
 
+    @classmethod
+    def heldout_kwargs(cls, train_kwargs: dict[str, Any], split: str) -> dict[str, Any]:
+        """The kwargs that play the held-out ``split`` with the rest of a training env's ``train_kwargs`` (a split
+        that fixes a setting of its own drops the training value)."""
+        return {**train_kwargs, "split": split}
+
     def __init__(self, render_mode: str | None = None, **task_kwargs: Any) -> None:
         check_options(self.env_id, task_kwargs, self.dynamics_class, extra=("render_mode",))
         if render_mode is not None and render_mode not in RENDER_MODES:

@@ -259,6 +259,16 @@ class GridMazeEnv(TaskEnv):
     env_id = ENV_ID
     dynamics_class = GridMazeDynamics
 
+    @classmethod
+    def heldout_kwargs(cls, train_kwargs: dict[str, Any], split: str) -> dict[str, Any]:
+        """As :meth:`TaskEnv.heldout_kwargs`; the OOD splits and ``test_handdrawn`` fix their mazes, so the training
+        size, loops and curriculum are dropped for them."""
+        kwargs = super().heldout_kwargs(train_kwargs, split)
+        if split in OOD_SPLITS or split == HANDDRAWN_SPLIT:
+            for name in ("size", "loops", "curriculum"):
+                kwargs.pop(name, None)
+        return kwargs
+
     def draw(self, mode: str) -> str | np.ndarray:
         d = self.dynamics
         walls, goal, agent = d.grid(0), d.goal_pos(0), d.agent_pos(0)

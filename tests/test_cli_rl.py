@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import gymnasium as gym
 import pytest
 import torch
 import yaml
@@ -146,7 +147,7 @@ def test_existing_run_directory_is_not_overwritten_by_accident(tiny_run):
 
 
 def test_evaluation_plays_the_same_layouts_as_the_references(tiny_run):
-    env_kwargs = heldout_env_kwargs({"split": "train"}, split="test")
+    env_kwargs = heldout_env_kwargs("FWM/GraphNav-v0", {"split": "train"}, split="test")
     agent = load_agent(tiny_run / "model.zip", "ppo")
     played = run_episodes(agent, make_env("FWM/GraphNav-v0", 4, seed=0, **env_kwargs), n_episodes=10, seed=0)
     oracle = run_reference("FWM/GraphNav-v0", "oracle", n_episodes=10, seed=0, n_envs=4, **env_kwargs)
@@ -278,3 +279,14 @@ def test_a2c_resolves_its_own_defaults_and_leaves_the_ppo_only_fields_none():
     assert (resolved.learning_rate, resolved.gamma, resolved.optimizer) == (7e-4, 0.99, "rmsprop")
     assert {key: resolved.optimizer_kwargs[key] for key in ("alpha", "eps", "weight_decay")} == {
         "alpha": 0.99, "eps": 1e-5, "weight_decay": 0}
+
+
+@pytest.mark.parametrize("split, size", [("val", 5), ("test_large", 11), ("test_handdrawn", 7)])
+def test_a_curriculum_config_plays_every_held_out_grid_split_at_its_own_size(split, size):
+    train_kwargs = {"split": "train", "obs": "both", "curriculum": {"sizes": [3, 5]}}
+    env_kwargs = heldout_env_kwargs("FWM/GridMaze-v0", train_kwargs, split=split)
+    assert env_kwargs["split"] == split and env_kwargs["obs"] == "both"
+    env = gym.make("FWM/GridMaze-v0", **env_kwargs)
+    assert env.unwrapped.dynamics.size == size
+    with pytest.raises(ValueError, match="fixes size=11"):  # a direct contradiction still raises
+        gym.make("FWM/GridMaze-v0", split="test_large", size=5)

@@ -43,7 +43,7 @@ class CurriculumCallback(BaseCallback):
         super().__init__()
         self.config, self.run_log = config, run_log
         kwargs = {key: value for key, value in config.env_kwargs.items() if key != "curriculum"}
-        self.base_kwargs = heldout_env_kwargs(kwargs, split=CURRICULUM_SPLIT)
+        self.base_kwargs = heldout_env_kwargs(config.env_id, kwargs, split=CURRICULUM_SPLIT)
         self.n_envs = min(config.eval_episodes, MAX_EVAL_ENVS)
         self.envs: dict[int, Any] = {}  # size -> val env
         self.references: dict[int, dict] = {}  # size -> random and oracle summaries

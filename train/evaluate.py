@@ -156,7 +156,7 @@ def evaluate(path: str | Path, split: str = "test", episodes: Optional[int] = No
     if n_envs is not None and n_envs < 1:
         raise UserError(f"--n-envs must be >= 1, got {n_envs}")
     n_envs = min(n_envs or episodes, episodes, MAX_EVAL_ENVS)
-    env_kwargs = heldout_env_kwargs(config.env_kwargs, split=split, layouts=layouts)
+    env_kwargs = heldout_env_kwargs(config.env_id, config.env_kwargs, split=split, layouts=layouts)
     agent = load_agent(model_path, config.algo, device=device)
     vec_env = make_env(config.env_id, n_envs, seed=seed, **env_kwargs)
     try:

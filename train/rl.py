@@ -73,7 +73,7 @@ class RLTrainer(runner.Trainer):
         # Everything that draws from the global RNGs comes before the agent is seeded or its checkpoint restored.
         self.eval_env, self.eval_kwargs = None, None
         if config.eval_split is not None and self.ranks.main:
-            self.eval_kwargs = heldout_env_kwargs(config.env_kwargs, split=config.eval_split)
+            self.eval_kwargs = heldout_env_kwargs(config.env_id, config.env_kwargs, split=config.eval_split)
             self.eval_env = make_env(config.env_id, min(config.eval_episodes, MAX_EVAL_ENVS), seed=EVAL_SEED,
                                      **self.eval_kwargs)
         self.run_state = None

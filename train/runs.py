@@ -49,17 +49,31 @@ def make_env(env_id: str, n_envs: int, seed: Optional[int] = None, **env_kwargs:
         return make_vec_env(env_id, n_envs, seed=seed, **env_kwargs)
 
 
-def heldout_env_kwargs(env_kwargs: dict[str, Any], split: Optional[str] = None,
+def heldout_env_kwargs(env_id: str, env_kwargs: dict[str, Any], split: Optional[str] = None,
                        layouts: Optional[list[str]] = None) -> dict[str, Any]:
     """Env kwargs that play a held-out ``split`` (or the given layout files) in a fixed order: env i of n gets
-    layouts i, i+n, ... so that n_envs = set size plays every layout once."""
+    layouts i, i+n, ... so that n_envs = set size plays every layout once. An env class with a ``heldout_kwargs``
+    classmethod (ours: :meth:`fwm_rl.envs.env.TaskEnv.heldout_kwargs`) says which training kwargs a split
+    replaces."""
     kwargs = {key: value for key, value in env_kwargs.items() if key not in ("split", "layout", "layouts")}
     if layouts:
         kwargs["layouts"] = layouts[0] if len(layouts) == 1 else list(layouts)
     elif split is not None:
-        kwargs["split"] = split
+        env_class = _env_class(env_id)
+        kwargs = env_class.heldout_kwargs(kwargs, split) if hasattr(env_class, "heldout_kwargs") else {
+            **kwargs, "split": split}
     kwargs["layout_order"] = "sequential"
     return kwargs
+
+
+def _env_class(env_id: str) -> Any:
+    """The class (or creator) a registered Gymnasium id makes; UserError for an unknown id."""
+    import gymnasium
+    from gymnasium.envs.registration import load_env_creator
+
+    check_env_id(env_id)
+    entry_point = gymnasium.spec(env_id).entry_point
+    return load_env_creator(entry_point) if isinstance(entry_point, str) else entry_point
 
 
 def find_model(path: str | Path, best: bool = False) -> tuple[Path, Optional[TrainConfig]]:

@@ -260,7 +260,9 @@ def _do_run(sweep: Sweep, children: _Children, name: str) -> str:
 
 
 def _stopped(sweep: Sweep, name: str, code: int, log_path: Path, stage: str) -> str:
-    if code == EXIT_INTERRUPTED:
+    """Record a run whose command exited with ``code``: interrupted (it saved and exited 130, or a Ctrl-C reached it
+    while it was still starting up, before it could save: killed by SIGINT) or failed."""
+    if code in (EXIT_INTERRUPTED, -signal.SIGINT):
         sweep.update(name, state=INTERRUPTED, pid=None)
         return INTERRUPTED
     reason = f"killed by signal {-code}" if code < 0 else _last_line(log_path)

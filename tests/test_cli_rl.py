@@ -84,7 +84,8 @@ def test_resuming_from_a_mid_episode_checkpoint_reproduces_the_uninterrupted_run
     assert metrics_without_timing(resumed) == metrics_without_timing(tiny_run)
 
 
-def test_ctrl_c_saves_then_resume_reaches_the_uninterrupted_result(tiny_run, tmp_path):
+@pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_or_sigterm_saves_then_resume_reaches_the_uninterrupted_result(tiny_run, tmp_path, stop_signal):
     run_dir = tmp_path / "interrupted"
     argv = [sys.executable, "-m", "fwm_rl", "train", "--run-dir", str(run_dir), "--no-progress-bar"]
     for key, value in TINY.items():
@@ -95,7 +96,7 @@ def test_ctrl_c_saves_then_resume_reaches_the_uninterrupted_result(tiny_run, tmp
     deadline = time.monotonic() + 120
     while not list((run_dir / "checkpoints").glob("*.ckpt")) and time.monotonic() < deadline:
         time.sleep(0.02)
-    process.send_signal(signal.SIGINT)
+    process.send_signal(stop_signal)
     out, err = process.communicate(timeout=120)
     assert process.returncode == 130, err
     assert "Traceback" not in err

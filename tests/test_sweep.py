@@ -312,9 +312,11 @@ def test_steps_to_threshold_is_the_first_logged_step_that_reaches_it():
     assert steps_to_threshold(steps, [0.1, 0.95, float("nan"), 0.99], 0.99, lower_is_better=False) == 40
 
 
-def test_ctrl_c_as_a_run_starts_marks_it_interrupted_and_resume_finishes_it(tmp_path):
-    """Ctrl-C right after the run's process starts reaches it while it still imports (killed by SIGINT) or once it
-    trains (it saves and exits 130): either way the run is "interrupted", not "failed", and a resume finishes it."""
+@pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_or_sigterm_as_a_run_starts_marks_it_interrupted_and_resume_finishes_it(tmp_path, stop_signal):
+    """Ctrl-C (or SIGTERM, which the sweep takes as a Ctrl-C) right after the run's process starts reaches the run
+    while it still imports (killed by SIGINT) or once it trains (it saves and exits 130): either way the run is
+    "interrupted", not "failed", and a resume finishes it."""
     args = ["sweep", "--config", CONFIGS[0], "--seeds", "1", "--runs-dir", str(tmp_path), "--name", "tiny", *TINY]
     sweep = subprocess.Popen([sys.executable, "-m", "fwm_rl", *args], stdout=subprocess.DEVNULL,
                              stderr=subprocess.PIPE, start_new_session=True)
@@ -323,7 +325,7 @@ def test_ctrl_c_as_a_run_starts_marks_it_interrupted_and_resume_finishes_it(tmp_
         while not ((folder / "sweep.json").exists() and manifest(folder)["runs"][RUNS[0]].get("pid")):
             assert sweep.poll() is None and time.monotonic() < deadline, "the run never started"
             time.sleep(0.01)
-        os.kill(sweep.pid, signal.SIGINT)
+        os.kill(sweep.pid, stop_signal)
         assert sweep.wait(timeout=120) == 130
     finally:
         sweep.kill()

@@ -191,21 +191,28 @@ def progress_bar(config: TrainConfig, num_timesteps: int, elapsed_s: float):
                 dynamic_ncols=True)
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # each asks a run to save and stop
+
+
 @contextmanager
 def ctrl_c_stops(callback: RunCallback) -> Iterator[None]:
-    """First Ctrl-C: stop at the next update boundary after saving; second Ctrl-C: abort at once."""
+    """First Ctrl-C (or SIGTERM, as batch schedulers, ``timeout`` and ``docker stop`` send): stop at the next update
+    boundary after saving; a second: abort at once."""
     def handler(signum, frame):
         if callback.interrupted:
             raise KeyboardInterrupt
         callback.interrupted = True
-        callback.run_log.message("Ctrl-C: saving at the next update boundary (Ctrl-C again to abort without saving)")
+        name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+        callback.run_log.message(f"{name}: saving at the next update boundary (Ctrl-C again to abort without "
+                                 "saving)")
 
     try:
-        previous = signal.signal(signal.SIGINT, handler)
-    except ValueError:  # not the main thread: leave Ctrl-C as it is
+        previous = {signum: signal.signal(signum, handler) for signum in STOP_SIGNALS}
+    except ValueError:  # not the main thread: leave the signals as they are
         yield
         return
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for signum, old_handler in previous.items():
+            signal.signal(signum, old_handler)

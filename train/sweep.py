@@ -387,6 +387,7 @@ def _run_all(sweep: Sweep, jobs: int, progress_bar: bool) -> int:
     bar = tqdm(total=len(sweep.runs), initial=done, unit="run", desc="sweep", disable=not progress_bar,
                dynamic_ncols=True)
     outcomes: dict[str, str] = {}
+    previous_sigterm = signal.signal(signal.SIGTERM, _sigterm_as_ctrl_c)
     executor = ThreadPoolExecutor(max_workers=jobs)
     futures: dict[Future, str] = {executor.submit(_do_run, sweep, children, name): name for name in todo}
     pending = set(futures)
@@ -411,6 +412,7 @@ def _run_all(sweep: Sweep, jobs: int, progress_bar: bool) -> int:
             elif outcomes[name] == FAILED:
                 tqdm.write(f"{name}: failed: {run['error']} (log: {sweep.log_path(name)})", file=sys.stderr)
     executor.shutdown()
+    signal.signal(signal.SIGTERM, previous_sigterm)
     bar.close()
     failed = [name for name, outcome in outcomes.items() if outcome == FAILED]
     stopped = [name for name, outcome in outcomes.items() if outcome == INTERRUPTED]
@@ -424,6 +426,11 @@ def _run_all(sweep: Sweep, jobs: int, progress_bar: bool) -> int:
     print(f"sweep done: {len(sweep.runs)} runs in {sweep.folder}; aggregate them with: fwm-rl report {sweep.folder}",
           file=sys.stderr)
     return 0
+
+
+def _sigterm_as_ctrl_c(signum: int, frame: Any) -> None:
+    """SIGTERM (a batch scheduler's, ``timeout``'s or ``docker stop``'s) stops the sweep as a Ctrl-C does."""
+    raise KeyboardInterrupt
 
 
 def _score(sweep: Sweep, name: str, split: str) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import signal
 import socket
 
 import pytest
@@ -80,6 +81,42 @@ def test_resume_continues_exactly_where_the_run_stopped(tmp_path, capsys):
     assert step == 6
     for name, value in straight["model"].state_dict().items():
         torch.testing.assert_close(resumed[name], value, rtol=0, atol=0)
+
+
+CATBABI_TINY = ["--task", "catbabi", "--core", "lstm", "--hidden-size", "16", "--stories-per-task", "10",
+                "--seq-len", "30", "--batch-size", "4", "--eval-freq", "50", "--steps", "8", "--threads", "1",
+                "--no-progress-bar"]
+
+
+def test_time_budget_and_sigterm_save_mid_interval_and_resume_reaches_the_straight_run(tmp_path, capsys,
+                                                                                       monkeypatch):
+    """A time budget used up after the first step, then a SIGTERM during step 4 of the resumed run: each saves a
+    checkpoint at once (between evaluations) and stops (exit 0, then 130); a last resume ends on the weights of 8
+    straight steps."""
+    from fwm_rl.train.tasks.babi import CatBAbITask
+
+    assert run_main([*CATBABI_TINY, "--run-dir", str(tmp_path / "straight")], capsys)[0] == 0
+    run = tmp_path / "stopped"
+    code, err = run_main([*CATBABI_TINY, "--run-dir", str(run), "--time-budget", "1e-6"], capsys)
+    assert code == 0 and "stopped (time budget) at step 1" in err
+    assert RunDir(run).read_newest_checkpoint()[1] == 1
+    train_batch = CatBAbITask.train_batch
+
+    def sigterm_at_step_3(self, step):
+        if step == 3:
+            signal.raise_signal(signal.SIGTERM)  # handled in this (main) thread: the run saves after this step
+        return train_batch(self, step)
+
+    monkeypatch.setattr(CatBAbITask, "train_batch", sigterm_at_step_3)
+    code, err = run_main(["--resume", str(run), "--time-budget", "10", "--no-progress-bar"], capsys)
+    assert code == 130 and "SIGTERM: saving" in err and "stopped (interrupted) at step 4" in err
+    assert RunDir(run).read_newest_checkpoint()[1] == 4
+    monkeypatch.setattr(CatBAbITask, "train_batch", train_batch)
+    assert run_main(["--resume", str(run), "--no-progress-bar"], capsys)[0] == 0
+    (_, step, resumed), (_, _, straight) = (RunDir(path).read_newest_checkpoint() for path in (run, tmp_path / "straight"))
+    assert step == 8
+    for name, value in straight["model"].items():
+        torch.testing.assert_close(resumed["model"][name], value, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("task", ["catbabi", "art"])

@@ -3,7 +3,6 @@ and, at each update boundary, held-out evaluation, best model, checkpoint and th
 from __future__ import annotations
 
 import inspect
-import signal
 import time
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator, Optional
@@ -12,6 +11,7 @@ from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper
 
 from fwm_rl.agents.distributed import SINGLE_PROCESS, DataParallel
+from fwm_rl.train import runner
 from fwm_rl.train.checkpoints import BEST_MODEL_FILE, MODEL_FILE, agent_payload, save_model
 from fwm_rl.train.config import TrainConfig
 from fwm_rl.train.evaluate import run_episodes, summarize, add_scores
@@ -191,28 +191,14 @@ def progress_bar(config: TrainConfig, num_timesteps: int, elapsed_s: float):
                 dynamic_ncols=True)
 
 
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # each asks a run to save and stop
-
-
 @contextmanager
 def ctrl_c_stops(callback: RunCallback) -> Iterator[None]:
-    """First Ctrl-C (or SIGTERM, as batch schedulers, ``timeout`` and ``docker stop`` send): stop at the next update
-    boundary after saving; a second: abort at once."""
-    def handler(signum, frame):
-        if callback.interrupted:
-            raise KeyboardInterrupt
+    """First Ctrl-C or SIGTERM (:func:`~fwm_rl.train.runner.stop_on_signals`): stop at the next update boundary
+    after saving; a second: abort at once."""
+    def notify(name: str) -> None:
         callback.interrupted = True
-        name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
         callback.run_log.message(f"{name}: saving at the next update boundary (Ctrl-C again to abort without "
                                  "saving)")
 
-    try:
-        previous = {signum: signal.signal(signum, handler) for signum in STOP_SIGNALS}
-    except ValueError:  # not the main thread: leave the signals as they are
+    with runner.stop_on_signals(notify):
         yield
-        return
-    try:
-        yield
-    finally:
-        for signum, old_handler in previous.items():
-            signal.signal(signum, old_handler)

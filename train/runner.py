@@ -16,11 +16,12 @@ import argparse
 import dataclasses
 import math
 import os
+import signal
 from abc import ABC, abstractmethod
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Iterable, Optional, Sequence
+from typing import Any, Callable, ClassVar, Iterable, Iterator, Optional, Sequence
 
 import torch
 
@@ -123,6 +124,43 @@ def check_finite_loss(loss: torch.Tensor, update: int, step: int) -> None:
 
     if not math.isfinite(float(loss.detach())):
         raise NonFiniteError("loss", update, step)
+
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # each asks a run to save and stop
+
+
+class StopRequest:
+    """Whether a Ctrl-C or SIGTERM (as batch schedulers, ``timeout`` and ``docker stop`` send) asked the run to save
+    at its next boundary and stop; set by :func:`stop_on_signals`."""
+
+    def __init__(self) -> None:
+        self.requested = False
+
+
+@contextmanager
+def stop_on_signals(notify: Callable[[str], None]) -> Iterator[StopRequest]:
+    """While inside: the first SIGINT or SIGTERM sets ``requested`` and calls ``notify`` with the signal's name
+    ("Ctrl-C", "SIGTERM"); a second raises KeyboardInterrupt (abort without saving). The handlers are installed
+    even where the process started with SIGINT ignored (a background job), so that a sweep's forwarded Ctrl-C
+    reaches its runs. Outside the main thread the signals are left as they are."""
+    stop = StopRequest()
+
+    def handler(signum: int, frame: Any) -> None:
+        if stop.requested:
+            raise KeyboardInterrupt
+        stop.requested = True
+        notify("Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name)
+
+    try:
+        previous = {signum: signal.signal(signum, handler) for signum in STOP_SIGNALS}
+    except ValueError:  # not the main thread
+        yield stop
+        return
+    try:
+        yield stop
+    finally:
+        for signum, old_handler in previous.items():
+            signal.signal(signum, old_handler)
 
 
 @dataclass

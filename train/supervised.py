@@ -73,6 +73,9 @@ class SupervisedConfig(runner.RunConfig):
     """Further options of the core, as KEY=VALUE pairs (see each core's docstring)."""
     steps: int = 5000
     """Optimisation steps."""
+    time_budget: Optional[float] = None
+    """Stop after this many minutes of wall time (summed over resumed sessions), saving a checkpoint at once;
+    continue with --resume (a first Ctrl-C or SIGTERM saves and stops the same way)."""
     batch_size: Optional[int] = None
     """Sequences (art/mart) or streams (catbabi/lm) per step and rank; none for 128 / 32 / 20."""
     learning_rate: float = 1e-3
@@ -112,7 +115,7 @@ class SupervisedConfig(runner.RunConfig):
     """fwm: skip the reads of F (and their backward) at steps with no target or scored position (catbabi qm: all
     but the answers; art/mart: all but the last); loss, gradients and metrics are unchanged."""
 
-    RESUMABLE: ClassVar[tuple[str, ...]] = ("steps", "device", "threads")
+    RESUMABLE: ClassVar[tuple[str, ...]] = ("steps", "time_budget", "device", "threads")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -122,6 +125,8 @@ class SupervisedConfig(runner.RunConfig):
         runner.check_positive(self, ("hidden_size", "steps", "eval_freq", "pairs", "train_size", "val_size",
                                      "test_size", "seq_len", "stories_per_task", "bptt", "target_params",
                                      "embed_size", "batch_size", "eval_batch_size", "keep_checkpoints"))
+        if self.time_budget is not None and self.time_budget <= 0:
+            raise ValueError(f"time_budget must be > 0 minutes or none, got {self.time_budget}")
         if self.learning_rate <= 0 or (self.max_grad_norm is not None and self.max_grad_norm <= 0):
             raise ValueError(f"learning_rate and max_grad_norm must be > 0, got {self.learning_rate} and "
                              f"{self.max_grad_norm}")
@@ -249,6 +254,7 @@ class SupervisedTrainer(runner.Trainer):
         self.model = make_model(config, self.task, self.hidden_size).to(self.device)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.learning_rate)
         self.best, self.best_step, self.carry = float("inf"), -1, None
+        self.elapsed_s = 0.0  # wall time of the earlier sessions of this run
         if checkpoint is not None:
             if len(checkpoint["ranks"]) != self.ranks.world_size:
                 raise UserError(f"the run was trained by {len(checkpoint['ranks'])} process(es); resume it with as "
@@ -256,6 +262,7 @@ class SupervisedTrainer(runner.Trainer):
             self.model.load_state_dict(checkpoint["model"])
             self.optimizer.load_state_dict(checkpoint["optimizer"])
             self.best, self.best_step = checkpoint["best"], checkpoint["best_step"]
+            self.elapsed_s = checkpoint.get("elapsed_s", 0.0)
             self.task.load_state_dict(checkpoint["ranks"][self.ranks.rank]["data"])
             carry = checkpoint["ranks"][self.ranks.rank]["carry"]
             self.carry = None if carry is None else tuple(s.to(self.device) for s in carry)
@@ -269,7 +276,7 @@ class SupervisedTrainer(runner.Trainer):
                                    threads=cfg.threads or torch.get_num_threads())
 
     def fit(self, run: RunDir, start_step: Optional[int]) -> runner.RunResult:
-        cfg, model, task, ranks, device = self.config, self.model, self.task, self.ranks, self.device
+        cfg, model, ranks = self.config, self.model, self.ranks
         start = start_step or 0
         log = run.metrics() if ranks.main else None
         if log is not None:
@@ -278,11 +285,31 @@ class SupervisedTrainer(runner.Trainer):
         net: nn.Module = DistributedDataParallel(model) if ranks.world_size > 1 else model
         if ranks.main and not self.quiet:
             print(f"{cfg.task} with {cfg.core} (hidden {self.hidden_size}, {n_params} parameters) "
-                  f"on {device} x{ranks.world_size}; run directory {run.path}", file=sys.stderr)
-        carry, window = self.carry, empty_sums(task.num_groups, device)
-        tic, tic_step = time.perf_counter(), start
+                  f"on {self.device} x{ranks.world_size}; run directory {run.path}", file=sys.stderr)
         bar = tqdm(total=cfg.steps, initial=start, disable=not ranks.main or not self.progress_bar,
                    desc=f"{cfg.task}-{cfg.core}", unit="step")
+        session_start = time.monotonic()
+        with runner.stop_on_signals(lambda name: tqdm.write(f"{name}: saving and stopping after this step (again "
+                                                            "to abort without saving)", file=sys.stderr)) as stop:
+            stopped = self._steps(run, log, net, bar, start, stop, session_start)
+        bar.close()
+        ranks.barrier()
+        if stopped is not None:
+            reason, step = stopped
+            if ranks.main and not self.quiet:
+                print(f"stopped ({reason}) at step {step}; continue with: fwm-rl supervised --resume {run.path}",
+                      file=sys.stderr)
+            return runner.RunResult(run.path, step, reason)
+        return runner.RunResult(run.path, cfg.steps, None, self._final_test(run, log, n_params))
+
+    def _steps(self, run: RunDir, log, net: nn.Module, bar, start: int, stop: runner.StopRequest,
+               session_start: float) -> Optional[tuple[str, int]]:
+        """Optimisation steps from ``start`` to ``steps``, evaluating and saving every ``eval_freq``; stops early
+        (saving first) on a stop request or when the time budget is used up, and returns why ("interrupted",
+        "time budget") and at which step (None: completed)."""
+        cfg, model, task, ranks, device = self.config, self.model, self.task, self.ranks, self.device
+        carry, window = self.carry, empty_sums(task.num_groups, device)
+        tic, tic_step = time.perf_counter(), start
         for step in range(start, cfg.steps):
             batch = task.train_batch(step).to(device)
             if batch.reset or not task.carries_state:
@@ -299,7 +326,11 @@ class SupervisedTrainer(runner.Trainer):
             window = add_sums(window, sums)
             bar.update(1)
             done = step + 1
-            if done % cfg.eval_freq and done != cfg.steps:
+            elapsed_s = self.elapsed_s + time.monotonic() - session_start
+            interrupted, out_of_time = ranks.any(
+                stop.requested, cfg.time_budget is not None and elapsed_s >= 60 * cfg.time_budget)
+            stopping = done != cfg.steps and (interrupted or out_of_time)
+            if done % cfg.eval_freq and done != cfg.steps and not stopping:
                 continue
             metrics = task.summarize("train", {name: ranks.sum(value) for name, value in window.items()})
             metrics["train/steps_per_s"] = (done - tic_step) / (time.perf_counter() - tic)
@@ -316,14 +347,14 @@ class SupervisedTrainer(runner.Trainer):
                     best = {"model": model.state_dict(), "step": done, "metrics": metrics}
                     atomic_write(run.path / BEST_MODEL_FILE, lambda tmp: torch.save(best, tmp))
                 payload = {"model": model.state_dict(), "optimizer": self.optimizer.state_dict(), "best": self.best,
-                           "best_step": self.best_step, "ranks": per_rank}
+                           "best_step": self.best_step, "ranks": per_rank, "elapsed_s": elapsed_s}
                 self.save_checkpoint(run, done, payload, model, step, keep=cfg.keep_checkpoints)
                 bar.set_postfix(loss=f"{metrics['train/loss']:.3f}", best=f"{self.best:.4f}")
+            if stopping:
+                return ("interrupted" if interrupted else "time budget"), done
             window = empty_sums(task.num_groups, device)
             tic, tic_step = time.perf_counter(), done
-        bar.close()
-        ranks.barrier()
-        return runner.RunResult(run.path, cfg.steps, None, self._final_test(run, log, n_params))
+        return None
 
     def _final_test(self, run: RunDir, log, n_params: int) -> dict[str, Any]:
         """Score the best model on the test split; log it as ``test/best_*`` and write ``results.json``."""

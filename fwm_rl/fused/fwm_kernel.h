@@ -87,10 +87,16 @@ struct Kernel {
   const Views<S>& in;
   const Saved<S>& saved;
   const int64_t d_, N_, nr_, Dp, rows, fsize;  // fsize = d·d·Dp: one padded F
+  Row valid;  // 1 on the first d lanes, 0 on the padding
 
   Kernel(const Views<S>& views, const Saved<S>& saved_views, int64_t n_vectors)
       : in(views), saved(saved_views), d_(views.d), N_(views.n_reads), nr_(n_vectors), Dp(n_vectors * L),
-        rows(views.d * views.d), fsize(views.d * views.d * n_vectors * L) {}
+        rows(views.d * views.d), fsize(views.d * views.d * n_vectors * L) {
+    S ones[RC * L];
+    std::fill(ones, ones + Dp, S(0));
+    std::fill(ones, ones + d(), S(1));
+    valid = load(ones);
+  }
 
   int64_t d() const { return D > 0 ? D : d_; }
   int64_t N() const { return NRT > 0 ? NRT : N_; }
@@ -178,41 +184,38 @@ struct Kernel {
     return hsum(p);
   }
 
-  // ----- small vectors (d entries, scalar loops) ---------------------------------------------------------------
-  S sdot(const S* x, const S* y) const {
-    S s = 0;
-    for (int64_t k = 0; k < d(); ++k) s += x[k] * y[k];
-    return s;
+  // ----- d-vectors as rows (their padding lanes, beyond d, stay zero) -----------------------------------------
+  // Dot product of two d-long input vectors.
+  S vdot(const S* x, const S* y) const { return dot(load_vec(x), load_vec(y)); }
+  // x − m on the first d lanes, 0 on the padding.
+  Row centred(const Row& x, S m) const {
+    Row y;
+    FWM_UNROLL
+    for (int64_t r = 0; r < nv(); ++r) y.v[r] = x.v[r] - m;
+    if (!(D > 0 && D % L == 0))
+      FWM_UNROLL
+      for (int64_t r = 0; r < nv(); ++r) y.v[r] *= valid.v[r];
+    return y;
   }
-  // Mean and 1/sqrt(var + eps) of the d entries of z (biased variance, as torch's layer_norm).
-  void ln_stats(const S* z, S& mean, S& rstd) const {
-    const int64_t n = d();
-    S m = 0;
-    for (int64_t k = 0; k < n; ++k) m += z[k];
-    m /= n;
-    S var = 0;
-    for (int64_t k = 0; k < n; ++k) var += (z[k] - m) * (z[k] - m);
-    mean = m;
-    rstd = S(1) / std::sqrt(var / n + in.eps);
+  // (z − mean) and 1/sqrt(var + eps) of the d entries of z (biased variance, as torch's layer_norm).
+  Row ln_centred(const Row& z, S& rstd) const {
+    const Row x = centred(z, hsum(z) / S(d()));
+    rstd = S(1) / std::sqrt(dot(x, x) / S(d()) + in.eps);
+    return x;
   }
-  void layer_norm(const S* z, S* out) const {
-    S mean, rstd;
-    ln_stats(z, mean, rstd);
-    for (int64_t k = 0; k < d(); ++k) out[k] = (z[k] - mean) * rstd;
+  Row layer_norm(const Row& z) const {
+    S rstd;
+    const Row x = ln_centred(z, rstd);
+    return scaled(x, rstd);
   }
-  // Gradient of layer_norm wrt z given g on its output.
-  void layer_norm_backward(const S* z, const S* g, S* g_z) const {
-    const int64_t n = d();
-    S mean, rstd;
-    ln_stats(z, mean, rstd);
-    S g_mean = 0, gx_mean = 0;
-    for (int64_t k = 0; k < n; ++k) {
-      g_mean += g[k];
-      gx_mean += g[k] * (z[k] - mean) * rstd;
-    }
-    g_mean /= n;
-    gx_mean /= n;
-    for (int64_t k = 0; k < n; ++k) g_z[k] = rstd * (g[k] - g_mean - (z[k] - mean) * rstd * gx_mean);
+  // Gradient of layer_norm wrt z given g on its output: rstd·(g − mean(g) − x̂·mean(g ⊙ x̂)).
+  Row layer_norm_backward(const Row& z, const Row& g) const {
+    S rstd;
+    const Row x = ln_centred(z, rstd);
+    const Row xh = scaled(x, rstd);
+    Row gz = centred(g, hsum(g) / S(d()));
+    fma(gz, -dot(g, xh) / S(d()), xh);
+    return scaled(gz, rstd);
   }
 
   // Padded F ⇄ the [d, d, d] layout of the tensors.
@@ -358,7 +361,7 @@ struct Kernel {
       const Row& vh = ac[0];
       Row u = scaled(load_vec(in.vec(in.values, t, b)), lb);
       fma(u, -lb, vh);
-      const S kk = sdot(ks, ks) * sdot(kr, kr);
+      const S kk = vdot(ks, ks) * vdot(kr, kr);
       const S g2 = nsq + 2 * dot(vh, u) + kk * dot(u, u);
       const S norm = std::sqrt(std::max(g2, S(0)));
       const S inv_c = S(1) / std::max(norm, S(1));
@@ -373,18 +376,19 @@ struct Kernel {
         std::fill(reads + tb * d, reads + tb * d + d, S(0));
         continue;
       }
-      const S qe = sdot(q, ks) * sdot(e1, kr);
+      const S qe = vdot(q, ks) * vdot(e1, kr);
       Row z1 = ac[1];
       fma(z1, qe, u);
-      store_vec(scaled(z1, inv_c), z);
+      z1 = scaled(z1, inv_c);
+      store_vec(z1, z);
       std::copy(q, q + d, n);
-      layer_norm(z, n + d);
+      store_vec(layer_norm(z1), n + d);
       // Pass B (writes F): F_t = F̃/c + K ⊗ u/c and z⁽²⁾ = Σ_ab n⁽¹⁾_a e⁽²⁾_b F_t,ab:.
       if (N >= 2) {
         Row z2;
         update<true>(F, inv_c, ks, kr, w_u, n + d, in.edge(t, b, 1), &z2);
         store_vec(z2, z + d);
-        layer_norm(z + d, n + 2 * d);
+        store_vec(layer_norm(z2), n + 2 * d);
       } else {
         update<false>(F, inv_c, ks, kr, w_u, nullptr, nullptr, nullptr);
       }
@@ -395,7 +399,7 @@ struct Kernel {
         Row zi;
         contract<1>(F, ca1, cb1, &zi);
         store_vec(zi, z + i * d);
-        layer_norm(z + i * d, n + (i + 1) * d);
+        store_vec(layer_norm(zi), n + (i + 1) * d);
       }
       std::copy(n + N * d, n + (N + 1) * d, reads + tb * d);
     }
@@ -453,47 +457,61 @@ struct Kernel {
     if (reads_here) {
       std::copy(in.vec(in.queries, t, b), in.vec(in.queries, t, b) + d, n);
       const S* z = saved.z + tb * N * d;
-      for (int64_t i = 1; i < N; ++i) layer_norm(z + (i - 1) * d, n + i * d);
+      for (int64_t i = 1; i < N; ++i) store_vec(layer_norm(load_vec(z + (i - 1) * d)), n + i * d);
       for (int64_t k = 0; k < N * d; ++k) En[k] = zero();
     }
     for (int64_t bb = 0; bb < d; ++bb) Xt[bb] = zero();
-    // The pass itself, with the reads' contractions (Ye, En) for the first reads_in_registers() reads or none.
-    auto pass = [&](auto reads_tag) {
+    // The pass itself, with the reads' contractions (Ye, En) for the first reads_in_registers() reads or none. It
+    // walks blocks of kBlockA values of a: the sums over b (Yt, Ye) stay in registers for the block, and the sums
+    // over a (Xt, En) go to memory once per block and b instead of once per row.
+    auto pass = [&](auto reads_tag, auto reset_tag) {
       const int64_t NR = decltype(reads_tag)::value ? reads_in_registers() : 0;
+      constexpr bool kReset = decltype(reset_tag)::value;
       const S* e[kMaxReadsInRegisters];
       for (int64_t i = 0; i < NR; ++i) e[i] = in.edge(t, b, i);
-      for (int64_t a = 0; a < d; ++a) {
-        const Row wa = scaled(w_u, ks[a]);
-        const S* Pa = prev + a * d * Dp;
-        S* Ca = cur + a * d * Dp;
-        Row y = zero();
-        Row ye[kMaxReadsInRegisters];
-        for (int64_t i = 0; i < NR; ++i) ye[i] = zero();
-        for (int64_t bb = 0; bb < d; ++bb) {
-          Row f;
-          if (reset) {
-            f = scaled(wa, kr[bb]);
-          } else {
-            const Row ft = load(Pa + bb * Dp);
-            fma(y, kr[bb], ft);
-            fma(Xt[bb], ks[a], ft);
-            f = scaled(ft, inv_c);
-            fma(f, kr[bb], wa);
-          }
-          store(f, Ca + bb * Dp);
-          for (int64_t i = 0; i < NR; ++i) {
-            fma(ye[i], e[i][bb], f);
-            fma(En[i * d + bb], n[i * d + a], f);
-          }
+      for (int64_t a0 = 0; a0 < d; a0 += kBlockA) {
+        Row wa[kBlockA], y[kBlockA], ye[kBlockA][kMaxReadsInRegisters];
+        for (int j = 0; j < kBlockA; ++j) {
+          wa[j] = scaled(w_u, ks[a0 + j]);
+          y[j] = zero();
+          for (int64_t i = 0; i < NR; ++i) ye[j][i] = zero();
         }
-        Yt[a] = y;
-        for (int64_t i = 0; i < NR; ++i) Ye[i * d + a] = ye[i];
+        for (int64_t bb = 0; bb < d; ++bb) {
+          Row xs = zero(), es[kMaxReadsInRegisters];
+          for (int64_t i = 0; i < NR; ++i) es[i] = zero();
+          for (int j = 0; j < kBlockA; ++j) {
+            const int64_t ab = (a0 + j) * d + bb;
+            Row f;
+            if (kReset) {
+              f = scaled(wa[j], kr[bb]);
+            } else {
+              const Row ft = load(prev + ab * Dp);
+              fma(y[j], kr[bb], ft);
+              fma(xs, ks[a0 + j], ft);
+              f = scaled(ft, inv_c);
+              fma(f, kr[bb], wa[j]);
+            }
+            store(f, cur + ab * Dp);
+            for (int64_t i = 0; i < NR; ++i) {
+              fma(ye[j][i], e[i][bb], f);
+              fma(es[i], n[i * d + a0 + j], f);
+            }
+          }
+          add(Xt[bb], xs);
+          for (int64_t i = 0; i < NR; ++i) add(En[i * d + bb], es[i]);
+        }
+        for (int j = 0; j < kBlockA; ++j) {
+          Yt[a0 + j] = y[j];
+          for (int64_t i = 0; i < NR; ++i) Ye[i * d + a0 + j] = ye[j][i];
+        }
       }
     };
+    const std::true_type yes;
+    const std::false_type no;
     if (reads_here)
-      pass(std::true_type{});
+      reset ? pass(yes, yes) : pass(yes, no);
     else
-      pass(std::false_type{});
+      reset ? pass(no, yes) : pass(no, no);
     // More reads than registers (generic N_r only): the rest in their own passes over F_t.
     for (int64_t i = reads_in_registers(); reads_here && i < N; ++i) {
       const S* e = in.edge(t, b, i);
@@ -531,84 +549,77 @@ struct Kernel {
     const Row* Ye = con + 2 * d;
     const Row* En = con + (N + 2) * d;
 
-    // Scalars and d-vectors: n⁽ⁱ⁾, the chain of gz⁽ⁱ⁾ through the LayerNorms, g n⁽⁰⁾.
-    S* n = w.scratch.data();          // (N+1)·d
-    S* gz = n + (N + 1) * d;          // N·d
-    S* gn = gz + N * d;               // d
-    S* uu = gn + d;                   // d: u
-    S* tmp = uu + d;                  // d
-    S* kn = tmp + d;                  // N: k_s·n⁽ⁱ⁻¹⁾
-    S* ke = kn + N;                   // N: k_r·e⁽ⁱ⁾
-    S* gzu = ke + N;                  // N: gz⁽ⁱ⁾·u
+    // d-vectors (as rows) and scalars: n⁽ⁱ⁾, the chain of gz⁽ⁱ⁾ through the LayerNorms, g n⁽⁰⁾.
+    S* n = w.scratch.data();          // [N+1, d]: n⁽⁰⁾..n⁽ᴺ⁾
+    S* gz = n + (N + 1) * d;          // [N, d]
+    S* h = gz + N * d;                // [d]: row sums, then read back as a row
+    S* kn = h + d;                    // [N]: k_s·n⁽ⁱ⁻¹⁾
+    S* ke = kn + N;                   // [N]: k_r·e⁽ⁱ⁾
+    S* gzu = ke + N;                  // [N]: gz⁽ⁱ⁾·u
+    const Row ks_v = load_vec(ks), kr_v = load_vec(kr), vh_v = load_vec(vh);
+    Row dv = load_vec(v);  // v − v̂
+    fma(dv, S(-1), vh_v);
+    const Row u = scaled(dv, lb);
     std::copy(q, q + d, n);
-    for (int64_t i = 0; i < NR; ++i) layer_norm(z + i * d, n + (i + 1) * d);
-    if (NR > 0) {
-      std::copy(g_reads + tb * d, g_reads + tb * d + d, gn);
-    } else {
-      std::fill(gn, gn + d, S(0));
+    for (int64_t i = 0; i < NR; ++i) store_vec(layer_norm(load_vec(z + i * d)), n + (i + 1) * d);
+    Row gn = zero();  // g n⁽ⁱ⁾, from i = N_r (the reads) down to 0 (the queries)
+    if (NR > 0)
+      gn = load_vec(g_reads + tb * d);
+    else
       std::fill(grads.edges + tb * N * d, grads.edges + (tb + 1) * N * d, S(0));
-    }
+    S gamma = pf;
     for (int64_t i = NR - 1; i >= 0; --i) {
-      layer_norm_backward(z + i * d, gn, gz + i * d);
-      const Row gzi = load_vec(gz + i * d);
-      for (int64_t a = 0; a < d; ++a) gn[a] = dot(Ye[i * d + a], gzi);  // g n⁽ⁱ⁻¹⁾
+      const Row zi = load_vec(z + i * d);
+      const Row gzi = layer_norm_backward(zi, gn);
+      store_vec(gzi, gz + i * d);
+      gamma += dot(zi, gzi);
+      for (int64_t a = 0; a < d; ++a) h[a] = dot(Ye[i * d + a], gzi);  // g n⁽ⁱ⁻¹⁾
+      gn = load_vec(h);
       // Edge gradients: g e⁽ⁱ⁾_b = ⟨Σ_a n⁽ⁱ⁻¹⁾_a F_t,ab:, gz⁽ⁱ⁾⟩.
       for (int64_t bb = 0; bb < d; ++bb) grads.edges[(tb * N + i) * d + bb] = dot(En[i * d + bb], gzi);
     }
-    std::copy(gn, gn + d, grads.queries + tb * d);
-    for (int64_t k = 0; k < d; ++k) uu[k] = lb * (v[k] - vh[k]);
-    const Row u = load_vec(uu);
+    store_vec(gn, grads.queries + tb * d);
 
-    S gamma = pf;
-    for (int64_t i = 0; i < NR; ++i) gamma += sdot(z + i * d, gz + i * d);
     const S gc = norm >= S(1) ? gamma * inv_c : S(0);  // γ'/c
-    const S ks2 = sdot(ks, ks), kr2 = sdot(kr, kr), u2 = sdot(uu, uu);
+    const S ks2 = dot(ks_v, ks_v), kr2 = dot(kr_v, kr_v), u2 = dot(u, u);
     // gu = (K·Q − γ' K·F_t)/c with K·Q = K·P + Σ_i (k_s·n⁽ⁱ⁻¹⁾)(k_r·e⁽ⁱ⁾) gz⁽ⁱ⁾ and K·F_t = (v̂ + ‖K‖² u)/c.
-    Row KP = zero();
-    for (int64_t bb = 0; bb < d; ++bb) fma(KP, kr[bb], XP[bb]);
-    store_vec(KP, tmp);
+    Row gu = zero();
+    for (int64_t bb = 0; bb < d; ++bb) fma(gu, kr[bb], XP[bb]);
     for (int64_t i = 0; i < NR; ++i) {
-      kn[i] = sdot(ks, n + i * d);
-      ke[i] = sdot(kr, in.edge(t, b, i));
-      gzu[i] = sdot(gz + i * d, uu);
+      const Row gzi = load_vec(gz + i * d);
+      kn[i] = vdot(ks, n + i * d);
+      ke[i] = vdot(kr, in.edge(t, b, i));
+      gzu[i] = dot(gzi, u);
+      fma(gu, kn[i] * ke[i], gzi);
     }
-    S gu[kMaxDim];
-    for (int64_t k = 0; k < d; ++k) {
-      S kq = tmp[k];
-      for (int64_t i = 0; i < NR; ++i) kq += kn[i] * ke[i] * gz[i * d + k];
-      gu[k] = (kq - gc * (vh[k] + ks2 * kr2 * uu[k])) * inv_c;
-    }
-    S gvh[kMaxDim];
-    S gbeta = 0;
-    S* gv = grads.values + tb * d;
-    for (int64_t k = 0; k < d; ++k) {
-      gv[k] = lb * gu[k];
-      gvh[k] = -lb * gu[k];
-      gbeta += gu[k] * (v[k] - vh[k]);
-    }
-    grads.beta[tb] = in.write_scale * gbeta;
+    fma(gu, -gc, vh_v);
+    fma(gu, -gc * ks2 * kr2, u);
+    gu = scaled(gu, inv_c);
+    store_vec(scaled(gu, lb), grads.values + tb * d);
+    grads.beta[tb] = in.write_scale * dot(gu, dv);
+    const Row gvh_row = scaled(gu, -lb);  // g v̂
 
     // Key gradients: gK_ab = ⟨gG_ab:, u⟩ + ⟨F̃_ab:, gv̂⟩ contracted with k_r over b (gks) and k_s over a (gkr).
-    const Row gvh_row = load_vec(gvh);
     Row wv = gvh_row;  // gv̂ − (γ'/c²) u
     fma(wv, -gc * inv_c, u);
     const Row u_c = scaled(u, inv_c);
-    for (int64_t a = 0; a < d; ++a) {
-      Row acc = zero();
-      fma(acc, YP[a], u_c);
-      if (!reset) fma(acc, Yt[a], wv);
-      S s = hsum(acc) - gc * inv_c * ks[a] * kr2 * u2;
-      for (int64_t i = 0; i < NR; ++i) s += inv_c * n[i * d + a] * ke[i] * gzu[i];
-      grads.keys_s[tb * d + a] = s;
-    }
-    for (int64_t bb = 0; bb < d; ++bb) {
-      Row acc = zero();
-      fma(acc, XP[bb], u_c);
-      if (!reset) fma(acc, Xt[bb], wv);
-      S s = hsum(acc) - gc * inv_c * kr[bb] * ks2 * u2;
-      for (int64_t i = 0; i < NR; ++i) s += inv_c * in.edge(t, b, i)[bb] * kn[i] * gzu[i];
-      grads.keys_r[tb * d + bb] = s;
-    }
+    // g_k = Σ_a ⟨Xp_a ⊙ u/c + Xf_a ⊙ wv⟩ (a = the key's own index) − (γ'/c²)‖other key‖²‖u‖² k
+    //       + Σ_i coef_i (gz⁽ⁱ⁾·u)/c · vec_i(i)
+    auto key_gradient = [&](const Row* Xp, const Row* Xf, const Row& k, S other2, const S* coef, auto vec_i,
+                            S* out) {
+      for (int64_t a = 0; a < d; ++a) {
+        Row acc = zero();
+        fma(acc, Xp[a], u_c);
+        if (!reset) fma(acc, Xf[a], wv);
+        h[a] = hsum(acc);
+      }
+      Row g = load_vec(h);
+      fma(g, -gc * inv_c * other2 * u2, k);
+      for (int64_t i = 0; i < NR; ++i) fma(g, inv_c * coef[i] * gzu[i], load_vec(vec_i(i)));
+      store_vec(g, out);
+    };
+    key_gradient(YP, Yt, ks_v, kr2, ke, [&](int64_t i) { return n + i * d; }, grads.keys_s + tb * d);
+    key_gradient(XP, Xt, kr_v, ks2, kn, [&](int64_t i) { return in.edge(t, b, i); }, grads.keys_r + tb * d);
 
     // The write pass over P [d, d, Dp], by rows: dL/dF_{t-1} = sel(reset, 0, P/c + Σ_i n⁽ⁱ⁻¹⁾_a e⁽ⁱ⁾_b gz⁽ⁱ⁾/c
     // − (γ'/c) F_t + k_s,a k_r,b gv̂) and, for step t−1, the contractions of the new P with its keys and F_{t-1}.
@@ -622,7 +633,8 @@ struct Kernel {
       pf = 0;
       return;
     }
-    // The pass itself, with the read terms of the first reads_in_registers() reads or none.
+    // The pass itself, with the read terms of the first reads_in_registers() reads or none; blocks of kBlockA
+    // values of a, as in recompute (XP, the sum over a, goes to memory once per block and b).
     auto pass = [&](auto reads_tag) {
       const int64_t n_reg = decltype(reads_tag)::value ? reads_in_registers() : 0;
       const S* e[kMaxReadsInRegisters];
@@ -632,29 +644,35 @@ struct Kernel {
         gzc[i] = scaled(load_vec(gz + i * d), inv_c);
       }
       Row pf_acc = zero();
-      for (int64_t a = 0; a < d; ++a) {
-        Row ga[kMaxReadsInRegisters];  // n⁽ⁱ⁻¹⁾_a gz⁽ⁱ⁾/c
-        for (int64_t i = 0; i < n_reg; ++i) ga[i] = scaled(gzc[i], n[i * d + a]);
-        const Row gk = scaled(gvh_row, ks[a]);  // k_s,a gv̂
-        S* Pa = P + a * d * Dp;
-        const S* Fa = Ft + a * d * Dp;
-        const S* Fp = next ? Fprev + a * d * Dp : nullptr;
-        Row yp = zero(), pf_a = zero();
-        for (int64_t bb = 0; bb < d; ++bb) {
-          Row p = scaled(load(Pa + bb * Dp), inv_c);
-          for (int64_t i = 0; i < n_reg; ++i) fma(p, e[i][bb], ga[i]);
-          for (int64_t i = n_reg; i < NR; ++i)  // generic N_r beyond the registers
-            fma(p, n[i * d + a] * in.edge(t, b, i)[bb] * inv_c, load_vec(gz + i * d));
-          fma(p, -gc, load(Fa + bb * Dp));
-          fma(p, kr[bb], gk);
-          store(p, Pa + bb * Dp);
-          if (next) {
-            fma(XP[bb], ksp[a], p);
-            fma(yp, krp[bb], p);
-            fma(pf_a, load(Fp + bb * Dp), p);
-          }
+      for (int64_t a0 = 0; a0 < d; a0 += kBlockA) {
+        Row ga[kBlockA][kMaxReadsInRegisters];  // n⁽ⁱ⁻¹⁾_a gz⁽ⁱ⁾/c
+        Row gk[kBlockA], yp[kBlockA];           // k_s,a gv̂; YP_a
+        for (int j = 0; j < kBlockA; ++j) {
+          for (int64_t i = 0; i < n_reg; ++i) ga[j][i] = scaled(gzc[i], n[i * d + a0 + j]);
+          gk[j] = scaled(gvh_row, ks[a0 + j]);
+          yp[j] = zero();
         }
-        YP[a] = yp;
+        Row pf_a = zero();
+        for (int64_t bb = 0; bb < d; ++bb) {
+          Row xs = zero();
+          for (int j = 0; j < kBlockA; ++j) {
+            const int64_t a = a0 + j, ab = a * d + bb;
+            Row p = scaled(load(P + ab * Dp), inv_c);
+            for (int64_t i = 0; i < n_reg; ++i) fma(p, e[i][bb], ga[j][i]);
+            for (int64_t i = n_reg; i < NR; ++i)  // generic N_r beyond the registers
+              fma(p, n[i * d + a] * in.edge(t, b, i)[bb] * inv_c, load_vec(gz + i * d));
+            fma(p, -gc, load(Ft + ab * Dp));
+            fma(p, kr[bb], gk[j]);
+            store(p, P + ab * Dp);
+            if (next) {
+              fma(xs, ksp[a], p);
+              fma(yp[j], krp[bb], p);
+              fma(pf_a, load(Fprev + ab * Dp), p);
+            }
+          }
+          if (next) add(XP[bb], xs);
+        }
+        for (int j = 0; j < kBlockA; ++j) YP[a0 + j] = yp[j];
         add(pf_acc, pf_a);
       }
       return pf_acc;
@@ -664,6 +682,8 @@ struct Kernel {
   }
 
   static constexpr int64_t kMaxReadsInRegisters = NC > 0 ? NC : 8;
+  // Values of a per block of the backward's passes (d is a multiple of it).
+  static constexpr int kBlockA = RS == 1 ? 4 : (RS == 2 ? 2 : 1);
   int64_t reads_in_registers() const { return NC > 0 ? NC : std::min<int64_t>(N(), kMaxReadsInRegisters); }
 
   // Backward of one row: recomputes each segment of F from its checkpoint, then walks it in reverse.
@@ -676,7 +696,7 @@ struct Kernel {
     w.contractions.resize(seg * con_rows());
     w.XP.resize(d);
     w.YP.resize(d);
-    w.scratch.resize((2 * N + 4) * d + 3 * N);
+    w.scratch.resize((2 * N + 2) * d + 3 * N);
     pad(in.fast_weights + b * rows * d, F0);
     pad(g_final + b * rows * d, P);
     Row* con_base = w.contractions.data();

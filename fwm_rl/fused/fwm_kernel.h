@@ -41,6 +41,7 @@ namespace {
 
 constexpr int kVecBytes = FWM_VEC_BYTES;
 #define FWM_UNROLL _Pragma("GCC unroll 8")
+#define FWM_UNROLL_ALL _Pragma("GCC unroll 64")
 
 // A buffer of S aligned to 64 bytes, so that rows of F whose length is a multiple of the vector width never straddle
 // two cache lines (std::vector<S> only honours alignof(S); a split load costs about a second load).
@@ -86,14 +87,14 @@ struct Kernel {
 
   const Views<S>& in;
   const Saved<S>& saved;
-  const int64_t d_, N_, nr_, Dp, rows, fsize;  // fsize = d·d·Dp: one padded F
+  const int64_t d_, N_, nr_, Dp_, rows, fsize;  // fsize = d·d·Dp: one padded F
   Row valid;  // 1 on the first d lanes, 0 on the padding
 
   Kernel(const Views<S>& views, const Saved<S>& saved_views, int64_t n_vectors)
-      : in(views), saved(saved_views), d_(views.d), N_(views.n_reads), nr_(n_vectors), Dp(n_vectors * L),
+      : in(views), saved(saved_views), d_(views.d), N_(views.n_reads), nr_(n_vectors), Dp_(n_vectors * L),
         rows(views.d * views.d), fsize(views.d * views.d * n_vectors * L) {
     S ones[RC * L];
-    std::fill(ones, ones + Dp, S(0));
+    std::fill(ones, ones + dp(), S(0));
     std::fill(ones, ones + d(), S(1));
     valid = load(ones);
   }
@@ -101,6 +102,7 @@ struct Kernel {
   int64_t d() const { return D > 0 ? D : d_; }
   int64_t N() const { return NRT > 0 ? NRT : N_; }
   int64_t nv() const { return RS > 0 ? RS : nr_; }
+  int64_t dp() const { return RS > 0 ? RS * L : Dp_; }  // padded row length Dp
 
   // ----- rows -------------------------------------------------------------------------------------------------
   Row zero() const {
@@ -124,7 +126,7 @@ struct Kernel {
   Row load_vec(const S* p) const {
     if (D > 0 && D % L == 0) return load(p);
     S buf[RC * L];
-    std::fill(buf, buf + Dp, S(0));
+    std::fill(buf, buf + dp(), S(0));
     std::copy(p, p + d(), buf);
     return load(buf);
   }
@@ -220,21 +222,21 @@ struct Kernel {
 
   // Padded F ⇄ the [d, d, d] layout of the tensors.
   void pad(const S* src, S* dst) const {
-    if (Dp == d()) {
+    if (dp() == d()) {
       std::copy(src, src + rows * d(), dst);
       return;
     }
     for (int64_t ab = 0; ab < rows; ++ab) {
-      std::copy(src + ab * d(), src + ab * d() + d(), dst + ab * Dp);
-      std::fill(dst + ab * Dp + d(), dst + (ab + 1) * Dp, S(0));
+      std::copy(src + ab * d(), src + ab * d() + d(), dst + ab * dp());
+      std::fill(dst + ab * dp() + d(), dst + (ab + 1) * dp(), S(0));
     }
   }
   void unpad(const S* src, S* dst) const {
-    if (Dp == d()) {
+    if (dp() == d()) {
       std::copy(src, src + rows * d(), dst);
       return;
     }
-    for (int64_t ab = 0; ab < rows; ++ab) std::copy(src + ab * Dp, src + ab * Dp + d(), dst + ab * d());
+    for (int64_t ab = 0; ab < rows; ++ab) std::copy(src + ab * dp(), src + ab * dp() + d(), dst + ab * d());
   }
 
   // ----- passes over F ---------------------------------------------------------------------------------------
@@ -253,12 +255,12 @@ struct Kernel {
     int64_t b = 0;
     for (; b + kChains <= d(); b += kChains) {
       for (int c = 0; c < kChains; ++c) {
-        const Row f = load(Fa + (b + c) * Dp);
+        const Row f = load(Fa + (b + c) * dp());
         for (int q = 0; q < NQ; ++q) fma(acc[q][c], cb[q][b + c], f);
       }
     }
     for (; b < d(); ++b) {
-      const Row f = load(Fa + b * Dp);
+      const Row f = load(Fa + b * dp());
       for (int q = 0; q < NQ; ++q) fma(acc[q][0], cb[q][b], f);
     }
     for (int q = 0; q < NQ; ++q) {
@@ -273,7 +275,7 @@ struct Kernel {
     for (int q = 0; q < NQ; ++q) out[q] = zero();
     for (int64_t a = 0; a < d(); ++a) {
       Row y[NQ];
-      contract_over_b<NQ>(F + a * d() * Dp, cb, y);
+      contract_over_b<NQ>(F + a * d() * dp(), cb, y);
       for (int q = 0; q < NQ; ++q) fma(out[q], ca[q][a], y[q]);
     }
   }
@@ -285,13 +287,13 @@ struct Kernel {
     Row total = zero();
     for (int64_t a = 0; a < d(); ++a) {
       const Row wa = scaled(w, ks[a]);
-      S* Fa = F + a * d() * Dp;
+      S* Fa = F + a * d() * dp();
       Row acc[kChains];
       for (int c = 0; c < kChains; ++c) acc[c] = zero();
       auto one = [&](int64_t b, Row& x) {
-        Row f = scaled(load(Fa + b * Dp), s);
+        Row f = scaled(load(Fa + b * dp()), s);
         fma(f, kr[b], wa);
-        store(f, Fa + b * Dp);
+        store(f, Fa + b * dp());
         if (with_read) fma(x, eb[b], f);
       };
       int64_t b = 0;
@@ -311,7 +313,7 @@ struct Kernel {
     for (int64_t a = 0; a < d(); ++a) {
       Row acc = zero();
       for (int64_t ab = a * d(); ab < (a + 1) * d(); ++ab) {
-        const Row f = load(F + ab * Dp);
+        const Row f = load(F + ab * dp());
         fma(acc, f, f);
       }
       add(total, acc);
@@ -423,10 +425,10 @@ struct Kernel {
     for (int64_t a = 0; a < d(); ++a) {
       Row y = zero(), pf_a = zero();
       for (int64_t b = 0; b < d(); ++b) {
-        const Row p = load(P + (a * d() + b) * Dp);
+        const Row p = load(P + (a * d() + b) * dp());
         fma(y, kr[b], p);
         fma(XP[b], ks[a], p);
-        fma(pf_a, load(Ft + (a * d() + b) * Dp), p);
+        fma(pf_a, load(Ft + (a * d() + b) * dp()), p);
       }
       YP[a] = y;
       add(pf, pf_a);
@@ -468,40 +470,49 @@ struct Kernel {
       const int64_t NR = decltype(reads_tag)::value ? reads_in_registers() : 0;
       constexpr bool kReset = decltype(reset_tag)::value;
       const S* e[kMaxReadsInRegisters];
+      FWM_UNROLL_ALL
       for (int64_t i = 0; i < NR; ++i) e[i] = in.edge(t, b, i);
       for (int64_t a0 = 0; a0 < d; a0 += kBlockA) {
         Row wa[kBlockA], y[kBlockA], ye[kBlockA][kMaxReadsInRegisters];
+        FWM_UNROLL_ALL
         for (int j = 0; j < kBlockA; ++j) {
           wa[j] = scaled(w_u, ks[a0 + j]);
           y[j] = zero();
+          FWM_UNROLL_ALL
           for (int64_t i = 0; i < NR; ++i) ye[j][i] = zero();
         }
         for (int64_t bb = 0; bb < d; ++bb) {
           Row xs = zero(), es[kMaxReadsInRegisters];
+          FWM_UNROLL_ALL
           for (int64_t i = 0; i < NR; ++i) es[i] = zero();
+          FWM_UNROLL_ALL
           for (int j = 0; j < kBlockA; ++j) {
             const int64_t ab = (a0 + j) * d + bb;
             Row f;
             if (kReset) {
               f = scaled(wa[j], kr[bb]);
             } else {
-              const Row ft = load(prev + ab * Dp);
+              const Row ft = load(prev + ab * dp());
               fma(y[j], kr[bb], ft);
               fma(xs, ks[a0 + j], ft);
               f = scaled(ft, inv_c);
               fma(f, kr[bb], wa[j]);
             }
-            store(f, cur + ab * Dp);
+            store(f, cur + ab * dp());
+            FWM_UNROLL_ALL
             for (int64_t i = 0; i < NR; ++i) {
               fma(ye[j][i], e[i][bb], f);
               fma(es[i], n[i * d + a0 + j], f);
             }
           }
           add(Xt[bb], xs);
+          FWM_UNROLL_ALL
           for (int64_t i = 0; i < NR; ++i) add(En[i * d + bb], es[i]);
         }
+        FWM_UNROLL_ALL
         for (int j = 0; j < kBlockA; ++j) {
           Yt[a0 + j] = y[j];
+          FWM_UNROLL_ALL
           for (int64_t i = 0; i < NR; ++i) Ye[i * d + a0 + j] = ye[j][i];
         }
       }
@@ -518,7 +529,7 @@ struct Kernel {
       for (int64_t a = 0; a < d; ++a) {
         Row y = zero();
         for (int64_t bb = 0; bb < d; ++bb) {
-          const Row f = load(cur + (a * d + bb) * Dp);
+          const Row f = load(cur + (a * d + bb) * dp());
           fma(y, e[bb], f);
           fma(En[i * d + bb], n[i * d + a], f);
         }
@@ -561,6 +572,7 @@ struct Kernel {
     fma(dv, S(-1), vh_v);
     const Row u = scaled(dv, lb);
     std::copy(q, q + d, n);
+    FWM_UNROLL_ALL
     for (int64_t i = 0; i < NR; ++i) store_vec(layer_norm(load_vec(z + i * d)), n + (i + 1) * d);
     Row gn = zero();  // g n⁽ⁱ⁾, from i = N_r (the reads) down to 0 (the queries)
     if (NR > 0)
@@ -585,6 +597,7 @@ struct Kernel {
     // gu = (K·Q − γ' K·F_t)/c with K·Q = K·P + Σ_i (k_s·n⁽ⁱ⁻¹⁾)(k_r·e⁽ⁱ⁾) gz⁽ⁱ⁾ and K·F_t = (v̂ + ‖K‖² u)/c.
     Row gu = zero();
     for (int64_t bb = 0; bb < d; ++bb) fma(gu, kr[bb], XP[bb]);
+    FWM_UNROLL_ALL
     for (int64_t i = 0; i < NR; ++i) {
       const Row gzi = load_vec(gz + i * d);
       kn[i] = vdot(ks, n + i * d);
@@ -615,6 +628,7 @@ struct Kernel {
       }
       Row g = load_vec(h);
       fma(g, -gc * inv_c * other2 * u2, k);
+      FWM_UNROLL_ALL
       for (int64_t i = 0; i < NR; ++i) fma(g, inv_c * coef[i] * gzu[i], load_vec(vec_i(i)));
       store_vec(g, out);
     };
@@ -635,10 +649,12 @@ struct Kernel {
     }
     // The pass itself, with the read terms of the first reads_in_registers() reads or none; blocks of kBlockA
     // values of a, as in recompute (XP, the sum over a, goes to memory once per block and b).
-    auto pass = [&](auto reads_tag) {
+    auto pass = [&](auto reads_tag, auto next_tag) {
       const int64_t n_reg = decltype(reads_tag)::value ? reads_in_registers() : 0;
+      constexpr bool kNext = decltype(next_tag)::value;
       const S* e[kMaxReadsInRegisters];
       Row gzc[kMaxReadsInRegisters];  // gz⁽ⁱ⁾/c
+      FWM_UNROLL_ALL
       for (int64_t i = 0; i < n_reg; ++i) {
         e[i] = in.edge(t, b, i);
         gzc[i] = scaled(load_vec(gz + i * d), inv_c);
@@ -647,7 +663,9 @@ struct Kernel {
       for (int64_t a0 = 0; a0 < d; a0 += kBlockA) {
         Row ga[kBlockA][kMaxReadsInRegisters];  // n⁽ⁱ⁻¹⁾_a gz⁽ⁱ⁾/c
         Row gk[kBlockA], yp[kBlockA];           // k_s,a gv̂; YP_a
+        FWM_UNROLL_ALL
         for (int j = 0; j < kBlockA; ++j) {
+          FWM_UNROLL_ALL
           for (int64_t i = 0; i < n_reg; ++i) ga[j][i] = scaled(gzc[i], n[i * d + a0 + j]);
           gk[j] = scaled(gvh_row, ks[a0 + j]);
           yp[j] = zero();
@@ -655,35 +673,41 @@ struct Kernel {
         Row pf_a = zero();
         for (int64_t bb = 0; bb < d; ++bb) {
           Row xs = zero();
+          FWM_UNROLL_ALL
           for (int j = 0; j < kBlockA; ++j) {
             const int64_t a = a0 + j, ab = a * d + bb;
-            Row p = scaled(load(P + ab * Dp), inv_c);
+            Row p = scaled(load(P + ab * dp()), inv_c);
+            FWM_UNROLL_ALL
             for (int64_t i = 0; i < n_reg; ++i) fma(p, e[i][bb], ga[j][i]);
-            for (int64_t i = n_reg; i < NR; ++i)  // generic N_r beyond the registers
-              fma(p, n[i * d + a] * in.edge(t, b, i)[bb] * inv_c, load_vec(gz + i * d));
-            fma(p, -gc, load(Ft + ab * Dp));
+            if (NC == 0)  // generic N_r beyond the registers
+              for (int64_t i = n_reg; i < NR; ++i)
+                fma(p, n[i * d + a] * in.edge(t, b, i)[bb] * inv_c, load_vec(gz + i * d));
+            fma(p, -gc, load(Ft + ab * dp()));
             fma(p, kr[bb], gk[j]);
-            store(p, P + ab * Dp);
-            if (next) {
+            store(p, P + ab * dp());
+            if (kNext) {
               fma(xs, ksp[a], p);
               fma(yp[j], krp[bb], p);
-              fma(pf_a, load(Fprev + ab * Dp), p);
+              fma(pf_a, load(Fprev + ab * dp()), p);
             }
           }
-          if (next) add(XP[bb], xs);
+          if (kNext) add(XP[bb], xs);
         }
+        FWM_UNROLL_ALL
         for (int j = 0; j < kBlockA; ++j) YP[a0 + j] = yp[j];
         add(pf_acc, pf_a);
       }
       return pf_acc;
     };
-    const Row pf_acc = NR > 0 ? pass(std::true_type{}) : pass(std::false_type{});
+    const std::true_type yes;
+    const std::false_type no;
+    const Row pf_acc = NR > 0 ? (next ? pass(yes, yes) : pass(yes, no)) : (next ? pass(no, yes) : pass(no, no));
     pf = next ? hsum(pf_acc) : S(0);
   }
 
   static constexpr int64_t kMaxReadsInRegisters = NC > 0 ? NC : 8;
   // Values of a per block of the backward's passes (d is a multiple of it).
-  static constexpr int kBlockA = RS == 1 ? 4 : (RS == 2 ? 2 : 1);
+  static constexpr int kBlockA = RS == 1 ? 2 : 1;
   int64_t reads_in_registers() const { return NC > 0 ? NC : std::min<int64_t>(N(), kMaxReadsInRegisters); }
 
   // Backward of one row: recomputes each segment of F from its checkpoint, then walks it in reverse.

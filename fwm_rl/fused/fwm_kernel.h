@@ -328,6 +328,39 @@ struct Kernel {
     std::vector<S> nbuf;
   };
 
+  // The last read of a step (where N_r ≥ 3) contracts the same F as the next step's first pass, so it waits for
+  // that pass and shares its sweep over F: its coefficients, and the index (t, b) its result belongs to.
+  struct PendingRead {
+    bool active = false;
+    int64_t tb = 0;
+    const S* na = nullptr;  // n⁽ᴺ⁻¹⁾ [d], over a
+    const S* eb = nullptr;  // e⁽ᴺ⁾ [d], over b
+  };
+
+  // out[q] = Σ_ab ca[q][a] cb[q][b] F_ab: for q < nq (1 to 3).
+  void contract_any(const S* F, int nq, const S* const* ca, const S* const* cb, Row* out) const {
+    switch (nq) {
+      case 1: contract<1>(F, ca, cb, out); break;
+      case 2: contract<2>(F, ca, cb, out); break;
+      default: contract<3>(F, ca, cb, out); break;
+    }
+  }
+
+  // Saves the last read's z⁽ᴺ⁾ of index tb and its output n⁽ᴺ⁾ = LayerNorm(z⁽ᴺ⁾).
+  void finish_read(int64_t tb, const Row& z_last, S* reads) const {
+    store_vec(z_last, saved.z + (tb * N() + N() - 1) * d());
+    store_vec(layer_norm(z_last), reads + tb * d());
+  }
+
+  // The pending read contracted alone (before a reset clears F, and after the last step).
+  void flush(PendingRead& pending, const S* F, S* reads) const {
+    if (!pending.active) return;
+    Row z_last;
+    contract<1>(F, &pending.na, &pending.eb, &z_last);
+    finish_read(pending.tb, z_last, reads);
+    pending.active = false;
+  }
+
   // One batch row over all T steps; reads [T, B, d] and final [B, d, d, d] are the outputs.
   void forward_row(int64_t b, S* reads, S* final, ForwardWork& w) const {
     const int64_t d = this->d(), N = this->N();
@@ -336,11 +369,13 @@ struct Kernel {
     pad(in.fast_weights + b * rows * d, F);
     S nsq = 0;  // ‖F‖², carried
     S* n = w.nbuf.data();  // n⁽⁰⁾..n⁽ᴺ⁾ [N+1, d]
+    PendingRead pending;
     for (int64_t t = 0; t < in.T; ++t) {
       const int64_t tb = in.at(t, b);
       if (saved.ckpt != nullptr && t > 0 && t % in.every == 0)
         std::copy(F, F + fsize, saved.ckpt + (b * saved.n_ckpt + t / in.every - 1) * fsize);
       if (in.starts[tb]) {
+        flush(pending, F, reads);
         std::fill(F, F + fsize, S(0));  // a select: whatever F held, it is now exactly zero
         nsq = 0;
       } else if (t == 0) {
@@ -352,14 +387,21 @@ struct Kernel {
       const S* e1 = in.edge(t, b, 0);
       const S lb = in.write_scale * in.beta[tb];
       const bool reads_here = in.reads_at(tb) > 0;
-      // Pass A (reads F̃ [d, d, Dp]): v̂ = Σ_ab k_s,a k_r,b F̃_ab: and r = Σ_ab q_a e⁽¹⁾_b F̃_ab: [Dp].
-      Row ac[2];
-      const S* ca[2] = {ks, q};
-      const S* cb[2] = {kr, e1};
-      if (reads_here)
-        contract<2>(F, ca, cb, ac);
-      else
-        contract<1>(F, ca, cb, ac);
+      // Pass A (reads F̃ [d, d, Dp]): v̂ = Σ_ab k_s,a k_r,b F̃_ab:, r = Σ_ab q_a e⁽¹⁾_b F̃_ab: (where step t reads) and
+      // the pending last read of step t−1, all [Dp].
+      Row ac[3];
+      const S* ca[3] = {ks, q, pending.na};
+      const S* cb[3] = {kr, e1, pending.eb};
+      if (!reads_here) {
+        ca[1] = pending.na;
+        cb[1] = pending.eb;
+      }
+      const int nq = 1 + int(reads_here) + int(pending.active);
+      contract_any(F, nq, ca, cb, ac);
+      if (pending.active) {
+        finish_read(pending.tb, ac[nq - 1], reads);
+        pending.active = false;
+      }
       const Row& vh = ac[0];
       Row u = scaled(load_vec(in.vec(in.values, t, b)), lb);
       fma(u, -lb, vh);
@@ -394,8 +436,8 @@ struct Kernel {
       } else {
         update<false>(F, inv_c, ks, kr, w_u, nullptr, nullptr, nullptr);
       }
-      // One pass per further read: z⁽ⁱ⁾ = Σ_ab n⁽ⁱ⁻¹⁾_a e⁽ⁱ⁾_b F_t,ab:.
-      for (int64_t i = 2; i < N; ++i) {
+      // One pass per further read but the last: z⁽ⁱ⁾ = Σ_ab n⁽ⁱ⁻¹⁾_a e⁽ⁱ⁾_b F_t,ab:.
+      for (int64_t i = 2; i < N - 1; ++i) {
         const S* ca1[1] = {n + i * d};
         const S* cb1[1] = {in.edge(t, b, i)};
         Row zi;
@@ -403,8 +445,12 @@ struct Kernel {
         store_vec(zi, z + i * d);
         store_vec(layer_norm(zi), n + (i + 1) * d);
       }
-      std::copy(n + N * d, n + (N + 1) * d, reads + tb * d);
+      if (N >= 3)  // the last read joins the next step's pass A
+        pending = {true, tb, n + (N - 1) * d, in.edge(t, b, N - 1)};
+      else
+        std::copy(n + N * d, n + (N + 1) * d, reads + tb * d);
     }
+    flush(pending, F, reads);
     unpad(F, final + b * rows * d);
   }
 

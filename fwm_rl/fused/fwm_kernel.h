@@ -17,27 +17,33 @@ namespace FWM_ISA {
 namespace {
 //
 // Layout. Every d-long vector over the last index of F (a "row" F_ab:, the values, the reads' gradients ...) is held
-// as R native vectors of L lanes, padded with zeros from d to Dp = R·L entries; F lives in per-thread buffers of
-// shape [d, d, Dp] and is copied from and to the [d, d, d] tensors once per call. R is a template constant for
-// the common sizes (1, 2, 4 vectors: d = 16 and 32 in float32 and float64 on AVX-512) and a runtime count (R = 0)
-// otherwise. Accumulators of the d³ passes are native vectors; passes over F keep several independent chains, so
-// the fused multiply-adds are not serialised by their latency.
+// as R native vectors of L lanes, padded with zeros from d to Dp = R·L entries; F lives in 64-byte aligned
+// per-thread buffers of shape [d, d, Dp] and is copied from and to the [d, d, d] tensors once per call. d and N_r
+// are template constants for the paper's configurations (d = 16 and 32, N_r = 3), so every loop over b, the lanes
+// and the reads is unrolled with its accumulators in registers; other shapes run the same code with them at run
+// time. The d-sized work (LayerNorms, dot products, the gradients' closed forms) is done on rows too.
+//
+// Every d³ pass walks F by rows (a outer, b inner) and uses that each coefficient factors over (a, b):
+// K_ab = k_s,a k_r,b, C⁽ⁱ⁾_ab = n⁽ⁱ⁻¹⁾_a e⁽ⁱ⁾_b, so no d×d coefficient matrix is built.
 //
 // Forward, per step t of one row (F̃ = F_{t-1}, selected to 0 at a reset; K = k_s ⊗ k_r; c = max(1, ‖G‖)):
-//   pass A (reads F̃):  v̂ = Σ K_ab F̃_ab:,  r = Σ q_a e⁽¹⁾_b F̃_ab:
+//   pass A (reads F̃):  v̂ = Σ K_ab F̃_ab:,  r = Σ q_a e⁽¹⁾_b F̃_ab:, and step t−1's last read (N_r ≥ 3) on the same F̃
 //   scalars: u = λβ(v − v̂);  ‖G‖² = ‖F̃‖² + 2 v̂·u + ‖k_s‖²‖k_r‖²‖u‖² (‖F̃‖² carried from the previous step);
 //            z⁽¹⁾ = (r + (q·k_s)(e⁽¹⁾·k_r) u) / c
 //   pass B (writes F):  F_t = F̃/c + K ⊗ u/c, and z⁽²⁾ = Σ n⁽¹⁾_a e⁽²⁾_b F_t,ab:
-//   one pass per further read.
+//   one pass per further read but the last, which waits for step t+1's pass A.
+//   So at N_r = 3 the forward sweeps F twice per step.
 //   Where the read mask skips step t's reads: pass A contracts F̃ with K alone, pass B only writes, and the reads
 //   (and the z saved for the backward) are zero.
 // Backward, per step in reverse (P = dL/dF_t, Q = P + Σ_i n⁽ⁱ⁻¹⁾ ⊗ e⁽ⁱ⁾ ⊗ gz⁽ⁱ⁾, γ = ⟨F_t, Q⟩ when clamped):
 //   the recompute pass makes F_t from F̃ and also contracts F̃ with k_s and k_r (X̃_b, Ỹ_a) and F_t with every
-//   e⁽ⁱ⁾ (Yⁱ_a = Σ_b e⁽ⁱ⁾_b F_t,ab:, for the reads' chain through the LayerNorms); one write pass then makes
-//   dL/dF̃ = Q/c − γ F_t/c + K ⊗ gv̂, accumulates Σ_a n⁽ⁱ⁻¹⁾_a F_t,ab: (for the edge gradients) and already
-//   contracts the new dL/dF_{t-1} with step t−1's keys and with F_{t-1}, which is everything that step needs of it.
-//   Every other gradient follows in closed form from these d×d contractions. At a step whose reads were skipped,
-//   the recompute pass makes no Yⁱ, the write pass has no read terms, and the read inputs' gradients are zero.
+//   read's coefficients over b (Yⁱ_a = Σ_b e⁽ⁱ⁾_b F_t,ab:, for the reads' chain through the LayerNorms) and over a
+//   (Eⁱ_b = Σ_a n⁽ⁱ⁻¹⁾_a F_t,ab:, for the edge gradients); one write pass then makes
+//   dL/dF̃ = Q/c − γ F_t/c + K ⊗ gv̂ and already contracts it with step t−1's keys and with F_{t-1}, which is
+//   everything that step needs of it. Both passes go over blocks of a, so that the sums over a reach memory once
+//   per block and b. Every other gradient follows in closed form from these d×d contractions. At a step whose
+//   reads were skipped, the recompute pass makes no Yⁱ, Eⁱ, the write pass has no read terms, and the read inputs'
+//   gradients are zero.
 
 constexpr int kVecBytes = FWM_VEC_BYTES;
 #define FWM_UNROLL _Pragma("GCC unroll 8")

@@ -757,6 +757,7 @@ struct Kernel {
     pf = next ? hsum(pf_acc) : S(0);
   }
 
+  // Reads whose terms the backward passes carry in registers (a generic N_r above 8 takes extra passes for the rest).
   static constexpr int64_t kMaxReadsInRegisters = NC > 0 ? NC : 8;
   // Values of a per block of the backward's passes (d is a multiple of it).
   static constexpr int kBlockA = RS == 1 ? 2 : 1;

@@ -20,6 +20,7 @@ many seeds (the measurement behind the float32 bound of ``tests/test_fused.py``)
     .venv/bin/python benchmarks/bench_fused.py                      # both configurations, all implementations
     .venv/bin/python benchmarks/bench_fused.py --configs meta_rl --implementations fused --repeats 9
     .venv/bin/python benchmarks/bench_fused.py --configs catbabi --implementations fused "fused, reads at targets"
+    .venv/bin/python benchmarks/bench_fused.py --implementations fused --threads 1 --cpu-time   # before/after under load
     ATEN_CPU_CAPABILITY=avx2 .venv/bin/python benchmarks/bench_fused.py --float32-error --seeds 100
 """
 from __future__ import annotations
@@ -169,15 +170,15 @@ class Sgemm:
     """Float32 ``torch.mm`` rate on n×n matrices, GFLOP/s: the best of all rounds, which :func:`bench` interleaves
     with its timed runs."""
 
-    def __init__(self, n: int = 2048) -> None:
-        self.a, self.b, self.n = torch.randn(n, n), torch.randn(n, n), n
+    def __init__(self, n: int = 2048, clock: Callable[[], float] = time.perf_counter) -> None:
+        self.a, self.b, self.n, self.clock = torch.randn(n, n), torch.randn(n, n), n, clock
         torch.mm(self.a, self.b)
         self.best = float("inf")
 
     def round(self) -> None:
-        start = time.perf_counter()
+        start = self.clock()
         torch.mm(self.a, self.b)
-        self.best = min(self.best, time.perf_counter() - start)
+        self.best = min(self.best, self.clock() - start)
 
     @property
     def gflops(self) -> float:
@@ -189,7 +190,8 @@ def nominal_gflop(config: Config) -> float:
     return 6 * (2 + config.n_reads) * config.dim**3 * config.batch * config.steps / 1e9
 
 
-def bench(config: Config, names: list[str], repeats: int, sgemm: Sgemm) -> list[dict]:
+def bench(config: Config, names: list[str], repeats: int, sgemm: Sgemm,
+          clock: Callable[[], float] = time.perf_counter) -> list[dict]:
     """Time ``repeats`` forward+backward runs of each implementation after a warm-up run, in rounds that run each
     implementation once (so that the load of a shared machine hits them alike), each round followed by an sgemm
     round; measure each one's memory in a fresh process."""
@@ -203,9 +205,9 @@ def bench(config: Config, names: list[str], repeats: int, sgemm: Sgemm) -> list[
     times: dict[str, list[float]] = {name: [] for name in names}
     for _ in range(repeats):
         for name in names:
-            start = time.perf_counter()
+            start = clock()
             forward_backward(IMPLEMENTATIONS[name], tensors, starts, config.write_scale, mask)
-            times[name].append(time.perf_counter() - start)
+            times[name].append(clock() - start)
         sgemm.round()
     rows = []
     for name in names:
@@ -251,6 +253,9 @@ def main() -> None:
     parser.add_argument("--implementations", nargs="+", default=list(IMPLEMENTATIONS), choices=list(IMPLEMENTATIONS))
     parser.add_argument("--repeats", type=int, default=7, help="timed forward+backward runs per cell (after a warm-up)")
     parser.add_argument("--threads", type=int, help="torch threads [default: torch's]")
+    parser.add_argument("--cpu-time", action="store_true",
+                        help="time with this process's CPU time instead of wall time (steadier on a loaded machine; "
+                             "with --threads 1 it is the time the one thread computed, sgemm timed alike)")
     parser.add_argument("--json", help="also write the rows to this JSON file")
     parser.add_argument("--float32-error", action="store_true", help="measure float32 error instead of speed")
     parser.add_argument("--seeds", type=int, default=100, help="inputs per d for --float32-error")
@@ -261,15 +266,16 @@ def main() -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    sgemm = Sgemm()
+    clock = time.process_time if args.cpu_time else time.perf_counter
+    sgemm = Sgemm(clock=clock)
     cpu = platform.processor() or platform.machine()
     kernel = load_extension().module
     isa = kernel.instruction_set() if kernel is not None else "unavailable"
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {cpu}, kernel {isa}, "
-          f"load average {os.getloadavg()[0]:.1f}")
+          f"load average {os.getloadavg()[0]:.1f}, {'CPU' if args.cpu_time else 'wall'} time")
     rows = []
     for config_name in args.configs:
-        rows += bench(CONFIGS[config_name], args.implementations, args.repeats, sgemm)
+        rows += bench(CONFIGS[config_name], args.implementations, args.repeats, sgemm, clock)
     print(f"sgemm (2048², best of {len(args.configs) * args.repeats} rounds interleaved with the runs) {sgemm.gflops:.0f} "
           f"GFLOP/s; load average at the end {os.getloadavg()[0]:.1f}")
     print("| config | implementation | fwd+bwd median (min) ms | speed-up vs first (medians) | tokens/s "

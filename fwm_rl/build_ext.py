@@ -11,7 +11,7 @@ import time
 def main() -> None:
     from fwm_rl.fused.extension import build, build_directory
 
-    print(f"fwm_rl: building the fused FWM recurrence in {build_directory()} (one library for AVX-512, AVX2 and the baseline; 1-3 minutes, once)", flush=True)
+    print(f"fwm_rl: building the fused FWM recurrence in {build_directory()} (one library for AVX-512, AVX2 and the baseline; 3-6 minutes, once)", flush=True)
     start = time.perf_counter()
     try:
         build()

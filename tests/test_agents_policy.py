@@ -192,14 +192,10 @@ def reference_next_obs_loss(policy: CorePolicy, obs, actions, states: ActorCriti
         for b in range(B):
             if starts[t + 1, b]:
                 continue  # obs[t + 1] begins a new episode: nothing to predict
-            one_hot = th.nn.functional.one_hot(actions[t, b], env_actions(policy)).float()
+            one_hot = th.nn.functional.one_hot(actions[t, b], int(policy.action_space.n)).float()
             prediction = policy.next_obs_net(th.cat([outputs[t][b], one_hot])).double().numpy()
             errors.append(np.mean((prediction - obs[t + 1, b].double().numpy()) ** 2 / variance))
     return float(np.mean(errors))
-
-
-def env_actions(policy: CorePolicy) -> int:
-    return int(policy.action_space.n)
 
 
 @pytest.mark.parametrize("critic", ["shared", "separate"])

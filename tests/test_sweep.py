@@ -326,11 +326,14 @@ def test_ctrl_c_or_sigterm_as_a_run_starts_marks_it_interrupted_and_resume_finis
             assert sweep.poll() is None and time.monotonic() < deadline, "the run never started"
             time.sleep(0.01)
         os.kill(sweep.pid, stop_signal)
-        assert sweep.wait(timeout=120) == 130
+        code = sweep.wait(timeout=120)
+        err = sweep.stderr.read().decode(errors="replace")
     finally:
         sweep.kill()
         sweep.stderr.close()
-    assert manifest(folder)["runs"][RUNS[0]]["state"] == "interrupted"
+    log = (folder / "logs" / f"{RUNS[0]}.log").read_text(errors="replace")
+    assert code == 130, f"sweep exited {code}: {err}\nrun log:\n{log}"
+    assert manifest(folder)["runs"][RUNS[0]]["state"] == "interrupted", log
     with pytest.raises(SystemExit) as resumed:
         main(["sweep", "--resume", str(folder)])
     assert resumed.value.code == 0 and manifest(folder)["runs"][RUNS[0]]["state"] == "done"

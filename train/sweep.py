@@ -229,7 +229,7 @@ def _do_run(sweep: Sweep, children: _Children, name: str) -> str:
         sweep.update(name, state=TRAINING, attempts=run.get("attempts", 0) + 1, error=None)
         code = children.run(command, log_path, env, on_start=lambda pid: sweep.update(name, pid=pid))
         if code != 0:
-            return _stopped(sweep, name, code, log_path, "training")
+            return _stopped(sweep, name, code, log_path, "training", children.stopping)
         sweep.update(name, trained=True, pid=None)
     selected_on = _read_run_config(sweep.folder / name).get("eval_split")
     if selected_on in sweep.settings["eval_splits"]:
@@ -248,7 +248,7 @@ def _do_run(sweep: Sweep, children: _Children, name: str) -> str:
             continue
         code = children.run(sweep.evaluate_command(name, split), log_path, env)
         if code != 0:
-            return _stopped(sweep, name, code, log_path, f"evaluation on {split}")
+            return _stopped(sweep, name, code, log_path, f"evaluation on {split}", children.stopping)
         path = sweep.evaluation_path(name, split)
         if not path.is_file():
             sweep.update(name, state=FAILED, error=f"`fwm-rl evaluate --json-file {path}` wrote no file")
@@ -259,10 +259,11 @@ def _do_run(sweep: Sweep, children: _Children, name: str) -> str:
     return DONE
 
 
-def _stopped(sweep: Sweep, name: str, code: int, log_path: Path, stage: str) -> str:
+def _stopped(sweep: Sweep, name: str, code: int, log_path: Path, stage: str, stopping: bool) -> str:
     """Record a run whose command exited with ``code``: interrupted (it saved and exited 130, or a Ctrl-C reached it
-    while it was still starting up, before it could save: killed by SIGINT) or failed."""
-    if code in (EXIT_INTERRUPTED, -signal.SIGINT):
+    while it was still starting up, before it could save: killed by SIGINT; or the sweep had asked it to stop,
+    whatever way it ended) or failed. An interrupted run continues on resume, as a failed one does on a rerun."""
+    if code in (EXIT_INTERRUPTED, -signal.SIGINT) or stopping:
         sweep.update(name, state=INTERRUPTED, pid=None)
         return INTERRUPTED
     reason = f"killed by signal {-code}" if code < 0 else _last_line(log_path)

@@ -136,7 +136,7 @@ class RunCallback(BaseCallback):
         """Evaluate, checkpoint and decide whether to stop; ``final`` after the last update of the run."""
         step = self.model.num_timesteps
         if not final and self.stopped is None:
-            out_of_time = self.config.time_budget is not None and self.elapsed_s() >= 60 * self.config.time_budget
+            out_of_time = runner.out_of_time(self.config.time_budget, self.elapsed_s())
             self.interrupted, out_of_time = self.ranks.any(self.interrupted, out_of_time)  # one rank alone: deadlock
             if self.interrupted or out_of_time:
                 self.stopped, self.stop_step = ("interrupted" if self.interrupted else "time budget"), step

@@ -100,8 +100,7 @@ class TrainConfig(RunConfig):
         check_core(self.core)
         check_positive(self, ("eval_episodes", "eval_freq", "hidden_size", "n_envs", "n_steps", "total_timesteps",
                               "checkpoint_freq", "keep_checkpoints", "batch_size", "n_epochs"))
-        if self.time_budget is not None and self.time_budget <= 0:
-            raise ValueError(f"time_budget must be > 0 minutes or none, got {self.time_budget}")
+        runner.check_time_budget(self.time_budget)
         if self.eval_split == "test":
             raise ValueError("eval_split test would pick best_model.zip on the test set; use val (test is played "
                              "only by `fwm-rl evaluate`)")

@@ -54,6 +54,17 @@ class RunConfig:
         check_device(self.device)
 
 
+def check_time_budget(minutes: Optional[float]) -> None:
+    """ValueError unless a run's ``time_budget`` is none or above 0 minutes."""
+    if minutes is not None and minutes <= 0:
+        raise ValueError(f"time_budget must be > 0 minutes or none, got {minutes}")
+
+
+def out_of_time(minutes: Optional[float], elapsed_s: float) -> bool:
+    """Whether ``elapsed_s`` seconds of wall time have used up a time budget of ``minutes`` (none: never)."""
+    return minutes is not None and elapsed_s >= 60 * minutes
+
+
 def check_positive(config: Any, names: Iterable[str]) -> None:
     """ValueError naming the first of ``names`` that is set (not none) and below 1."""
     for name in names:

@@ -125,8 +125,7 @@ class SupervisedConfig(runner.RunConfig):
         runner.check_positive(self, ("hidden_size", "steps", "eval_freq", "pairs", "train_size", "val_size",
                                      "test_size", "seq_len", "stories_per_task", "bptt", "target_params",
                                      "embed_size", "batch_size", "eval_batch_size", "keep_checkpoints"))
-        if self.time_budget is not None and self.time_budget <= 0:
-            raise ValueError(f"time_budget must be > 0 minutes or none, got {self.time_budget}")
+        runner.check_time_budget(self.time_budget)
         if self.learning_rate <= 0 or (self.max_grad_norm is not None and self.max_grad_norm <= 0):
             raise ValueError(f"learning_rate and max_grad_norm must be > 0, got {self.learning_rate} and "
                              f"{self.max_grad_norm}")
@@ -327,8 +326,7 @@ class SupervisedTrainer(runner.Trainer):
             bar.update(1)
             done = step + 1
             elapsed_s = self.elapsed_s + time.monotonic() - session_start
-            interrupted, out_of_time = ranks.any(
-                stop.requested, cfg.time_budget is not None and elapsed_s >= 60 * cfg.time_budget)
+            interrupted, out_of_time = ranks.any(stop.requested, runner.out_of_time(cfg.time_budget, elapsed_s))
             stopping = done != cfg.steps and (interrupted or out_of_time)
             if done % cfg.eval_freq and done != cfg.steps and not stopping:
                 continue

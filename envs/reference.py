@@ -48,6 +48,12 @@ class EpisodeRecorder:
         self._ratios: list[list[float]] = [[] for _ in range(self.n_envs)]
         self._goal_steps: list[list[int]] = [[] for _ in range(self.n_envs)]
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Unpickle (a checkpoint's training env): a recorder saved by an older version lacks the newer fields; they
+        start empty, so the lifetimes in progress at the save miss only what those fields would have held before it."""
+        self.__init__(state["n_envs"])
+        self.__dict__.update(state)
+
     def update(self, rewards: np.ndarray, dones: np.ndarray, infos: Sequence[dict[str, Any]]) -> list[EpisodeStats]:
         """Record one step: rewards [N], dones [N], infos (N dicts) -> the lifetimes that ended, in env order."""
         self._returns += rewards

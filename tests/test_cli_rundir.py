@@ -174,6 +174,25 @@ def test_an_edit_of_a_resumable_field_is_taken_on_resume(run_copy, capsys):
     assert RunDir(run_copy).checkpoints()[-1].name == "step_000000000200.ckpt"
 
 
+def test_a_checkpoint_of_an_older_version_resumes_again_after_a_resume_wrote_the_new_fields(run_copy, capsys):
+    """A version that added ``next_obs_coef``: the checkpoint and config.yaml lack it; the first resume writes its
+    resolved value into config.yaml and stops before a checkpoint (here: nothing left to train), and a later resume
+    must not read that as a hand edit."""
+    run = RunDir(run_copy)
+    _, step, payload = run.read_newest_checkpoint()
+    del payload["config"]["next_obs_coef"]
+    run.write_checkpoint(step, payload)
+    config = yaml.safe_load((run_copy / "config.yaml").read_text())
+    del config["next_obs_coef"]
+    (run_copy / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    for total in (step, step + 40):
+        code, _, err = run_main(["train", "--resume", str(run_copy), "--total-timesteps", str(total),
+                                 "--no-progress-bar"], capsys)
+        assert code == 0, err
+    assert yaml.safe_load((run_copy / "config.yaml").read_text())["next_obs_coef"] == 0.0
+    assert run.checkpoints()[-1].name == f"step_{step + 40:012d}.ckpt"
+
+
 def test_resume_after_a_truncated_checkpoint_falls_back_and_ends_as_the_uninterrupted_run(small_run, run_copy,
                                                                                          capsys):
     checkpoints = RunDir(run_copy).checkpoints()  # 40, 80, 120, 160: a "kill" while 120 was being written

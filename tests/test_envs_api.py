@@ -142,6 +142,22 @@ def test_episode_recorder_scores_returns_first_goal_and_exploit_ratios_from_the_
     assert recorder.update(np.zeros(2), np.array([True, False]), [dict(base), dict(base)])[0].episode_return == 0.0
 
 
+def test_episode_recorder_pickled_by_an_older_version_without_goal_steps_resumes_recording():
+    """A checkpoint written before ``goal_steps`` existed: its lifetime in progress lacks the goals before the save."""
+    recorder = EpisodeRecorder(1)
+    base = {"layout_id": "x", "goals_reached": 1}
+    recorder.update(np.array([1.0]), np.array([False]), [dict(base, goal_visit=1, exploit_ratio=2.0)])
+    state = pickle.loads(pickle.dumps(recorder)).__dict__
+    del state["_goal_steps"]
+    old = EpisodeRecorder.__new__(EpisodeRecorder)
+    old.__dict__.update(state)
+    resumed = pickle.loads(pickle.dumps(old))
+    resumed.update(np.array([1.0]), np.array([False]), [dict(base, goal_visit=2, exploit_ratio=1.0)])
+    (stats,) = resumed.update(np.array([0.0]), np.array([True]), [dict(base, goals_reached=2)])
+    assert (stats.episode_return, stats.goals, stats.steps_to_first_goal, stats.exploit_ratios) == (2.0, 2, 1, [1.0])
+    assert stats.goal_steps == [2]
+
+
 @pytest.mark.parametrize("env_id, kwargs, message", [
     ("FWM/GraphNav-v0", {"split": "dev"}, "unknown split 'dev'; allowed: 'train', 'val', 'test', 'procedural'"),
     ("FWM/GridMaze-v0", {"split": "dev"}, "unknown split 'dev'; allowed: 'train', 'val', 'test', 'test_large'"),

@@ -307,7 +307,10 @@ def start(trainer_class: type[Trainer], config: RunConfig, run_dir: Path, overwr
 def resumed_config(config_class: type[RunConfig], run: RunDir, saved: Optional[dict[str, Any]],
                    overrides: dict[str, Any], aliases: Sequence[options.Alias] = ()) -> RunConfig:
     """The config a resumed run continues with: its config.yaml (which must match the checkpoint's ``saved``
-    config except in resumable fields) updated with ``overrides`` (resumable fields only)."""
+    config except in resumable fields) updated with ``overrides`` (resumable fields only).
+
+    A field that ``saved`` does not name was added by a later version than the one that wrote the checkpoint; the
+    config.yaml of an earlier resume holds its resolved value, which is not an edit."""
     resumable = config_class.RESUMABLE
     fixed = sorted(set(overrides) - set(resumable))
     if fixed:
@@ -317,7 +320,7 @@ def resumed_config(config_class: type[RunConfig], run: RunDir, saved: Optional[d
                                   aliases=aliases)
     if saved is not None:
         ran = options.make_config(config_class, saved, source="the checkpoint's config", merge_dicts=False)
-        edited = [name for name in options.changed_fields(ran, on_disk) if name not in resumable]
+        edited = [name for name in options.changed_fields(ran, on_disk) if name not in resumable and name in saved]
         if edited:
             raise UserError(f"{run.config_path} was edited after the run started ({', '.join(edited)} changed); a "
                             f"resumed run may change only {', '.join(resumable)}: undo the edit, or start a new "

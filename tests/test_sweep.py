@@ -18,6 +18,7 @@ from scipy.stats import bootstrap
 
 from fwm_rl.train.cli import main
 from fwm_rl.train.report import iqm, probability_of_improvement, write_report
+from fwm_rl.train.sweep import selection_warning
 from test_cli_rundir import run_main as cli  # fwm-rl ARGV in this process: (exit code, stdout, stderr)
 
 CONFIGS = ["gridmaze-mlp", "gridmaze-lstm"]
@@ -251,6 +252,22 @@ def _first_step_at_or_below(metrics_csv: Path, column: str, threshold: float) ->
             if row.get(column) not in (None, "") and float(row[column]) <= threshold:
                 return float(row["step"])
     return float("nan")
+
+
+@pytest.mark.parametrize("selected_on, eval_splits, warned", [
+    ("val", ["val", "test"], False),  # val exists for selection; the final model is not chosen on it
+    ("test", ["test"], True),
+    ("test", ["val"], False),
+    ("test_large", ["test", "test_large"], True),
+    (None, ["test"], False),
+])
+def test_a_split_played_during_training_and_reported_at_the_end_is_warned_about_unless_it_is_val(
+        selected_on, eval_splits, warned):
+    warning = selection_warning("run-seed0", selected_on, eval_splits)
+    assert (warning is not None) == warned
+    if warned:
+        assert f"run-seed0 was evaluated on {selected_on} during training" in warning
+        assert f"keep {selected_on} for the final evaluation" in warning and "\n" not in warning
 
 
 def test_supervised_sweep_of_configs_x_seeds_reports_final_error_steps_to_threshold_and_curves(tmp_path, capsys):

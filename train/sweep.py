@@ -29,7 +29,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 from fwm_rl.train.errors import UserError
 from fwm_rl.train.io import exclusive_lock, write_json
@@ -160,6 +160,16 @@ class Sweep:
         return {**os.environ, **{var: str(self.threads) for var in THREAD_ENV_VARS}}
 
 
+def selection_warning(name: str, selected_on: Optional[str], eval_splits: Sequence[str]) -> Optional[str]:
+    """The warning for a run that played a held-out split other than val during training (``eval_split``) and is
+    finally evaluated on it too; None otherwise. Val is for that: the final model is not chosen on it (and with
+    ``--best`` the sweep refuses to report a split the model was chosen on)."""
+    if selected_on is None or selected_on == "val" or selected_on not in eval_splits:
+        return None
+    return (f"warning: {name} was evaluated on {selected_on} during training (eval_split: {selected_on}); select on "
+            f"val (--set eval_split=val) and keep {selected_on} for the final evaluation")
+
+
 def _fwm_rl() -> list[str]:
     return [sys.executable, "-m", "fwm_rl"]
 
@@ -232,11 +242,11 @@ def _do_run(sweep: Sweep, children: _Children, name: str) -> str:
             return _stopped(sweep, name, code, log_path, "training", children.stopping)
         sweep.update(name, trained=True, pid=None)
     selected_on = _read_run_config(sweep.folder / name).get("eval_split")
-    if selected_on in sweep.settings["eval_splits"]:
+    warning = selection_warning(name, selected_on, sweep.settings["eval_splits"])
+    if warning:
         from tqdm.auto import tqdm
 
-        tqdm.write(f"warning: {name} was evaluated on {selected_on} during training (eval_split: {selected_on}); "
-                   "select on val (--set eval_split=val) and keep test for the final evaluation", file=sys.stderr)
+        tqdm.write(warning, file=sys.stderr)
     if sweep.settings["best"] and selected_on in sweep.settings["eval_splits"]:
         sweep.update(name, state=FAILED, error=f"best_model.zip of {name} was chosen on {selected_on}; evaluating it "
                                                f"on {selected_on} would report a selected score (drop --best)")

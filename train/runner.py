@@ -43,7 +43,8 @@ class RunConfig:
     device: str = "auto"
     """Torch device: auto (CUDA when present, else CPU), cpu, cuda, cuda:N or mps."""
     threads: Optional[int] = None
-    """Torch CPU threads; none for torch's default (one per physical core; the shipped configs leave it so)."""
+    """Torch CPU threads; none for torch's default, one per physical core (the shipped configs leave it so; where
+    other jobs keep the cores busy, 1 is faster)."""
 
     # Fields a resumed run may change (subclasses add theirs): they change where or how long it runs, not what.
     RESUMABLE: ClassVar[tuple[str, ...]] = ("device", "threads")

@@ -147,10 +147,8 @@ def test_episode_recorder_pickled_by_an_older_version_without_goal_steps_resumes
     recorder = EpisodeRecorder(1)
     base = {"layout_id": "x", "goals_reached": 1}
     recorder.update(np.array([1.0]), np.array([False]), [dict(base, goal_visit=1, exploit_ratio=2.0)])
-    state = pickle.loads(pickle.dumps(recorder)).__dict__
-    del state["_goal_steps"]
-    old = EpisodeRecorder.__new__(EpisodeRecorder)
-    old.__dict__.update(state)
+    old = EpisodeRecorder.__new__(EpisodeRecorder)  # what the older version pickled: no _goal_steps
+    old.__dict__.update({key: value for key, value in recorder.__dict__.items() if key != "_goal_steps"})
     resumed = pickle.loads(pickle.dumps(old))
     resumed.update(np.array([1.0]), np.array([False]), [dict(base, goal_visit=2, exploit_ratio=1.0)])
     (stats,) = resumed.update(np.array([0.0]), np.array([True]), [dict(base, goals_reached=2)])

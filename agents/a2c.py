@@ -88,6 +88,7 @@ class RecurrentA2C(RecurrentPPO):
         normalize_advantage: bool = False,
         timeout_bootstrap: bool = True,
         next_obs_coef: float = 0.0,
+        oracle_coef: float = 0.0,
         stats_window_size: int = 100,
         tensorboard_log: Optional[str] = None,
         policy_kwargs: Optional[dict[str, Any]] = None,
@@ -114,6 +115,7 @@ class RecurrentA2C(RecurrentPPO):
             sde_sample_freq=sde_sample_freq,
             timeout_bootstrap=timeout_bootstrap,
             next_obs_coef=next_obs_coef,
+            oracle_coef=oracle_coef,
             stats_window_size=stats_window_size,
             tensorboard_log=tensorboard_log,
             policy_kwargs=policy_kwargs,
@@ -133,20 +135,17 @@ class RecurrentA2C(RecurrentPPO):
         self.policy.set_training_mode(True)
         self._update_learning_rate(self.policy.optimizer)
         for batch in self.rollout_buffer.get(None):
-            values, log_prob, entropy_loss, next_obs_loss = self._evaluate(batch)
+            values, log_prob, entropy_loss, aux_loss, aux = self._evaluate(batch)
             advantages = batch.advantages
             if self.normalize_advantage:
                 advantages = self._normalized(advantages)
             policy_loss = -(advantages * log_prob).mean()
             value_loss = F.mse_loss(batch.returns, values)
-            loss = policy_loss + self.ent_coef * entropy_loss + self.vf_coef * value_loss
-            if self.next_obs_coef > 0:
-                loss = loss + self.next_obs_coef * next_obs_loss
+            loss = policy_loss + self.ent_coef * entropy_loss + self.vf_coef * value_loss + aux_loss
             self._gradient_step(loss)
         self._n_updates += 1
         self._record_common()
         self.logger.record("train/entropy_loss", entropy_loss.item())
         self.logger.record("train/policy_loss", policy_loss.item())
         self.logger.record("train/value_loss", value_loss.item())
-        if self.next_obs_coef > 0:
-            self.logger.record("train/next_obs_loss", next_obs_loss.item())
+        self._record_aux([aux])

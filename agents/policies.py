@@ -33,7 +33,7 @@ from fwm_rl.agents.state import ActorCriticStates
 
 CRITIC_MODES = ("separate", "shared", "joint", "none")
 ACTOR_CORE_CRITICS = ("shared", "joint")  # critics that read the actor core's output
-NEXT_OBS_UNITS = 64  # hidden units of the next-observation head
+AUX_UNITS = 64  # hidden units of the auxiliary heads (next observation, oracle action)
 
 
 class Latents(NamedTuple):
@@ -51,7 +51,7 @@ class TrajectoryEvaluation(NamedTuple):
     values: Tensor  # [T, B]
     log_prob: Tensor  # [T, B]
     entropy: Optional[Tensor]  # [T, B]; None without an analytical entropy
-    next_obs_loss: Optional[Tensor]  # scalar; None without the next-observation head
+    aux_losses: dict[str, Tensor]  # scalar losses of the auxiliary heads the policy has: "next_obs", "oracle_action"
 
 
 def map_obs(fn: Callable[[Tensor], Tensor], obs: PyTorchObs) -> PyTorchObs:
@@ -62,6 +62,23 @@ def map_obs(fn: Callable[[Tensor], Tensor], obs: PyTorchObs) -> PyTorchObs:
 def flatten_time(x: Tensor) -> Tensor:
     """``[T, B, ...] -> [T * B, ...]`` (time-major rows)."""
     return x.reshape(x.shape[0] * x.shape[1], *x.shape[2:])
+
+
+def _check_privileged(name: str, privileged_features: Any, observation_space: spaces.Space,
+                      features_extractor_class: type) -> int:
+    """``privileged_features`` checked against a flat observation that has room for them."""
+    if isinstance(privileged_features, bool) or not isinstance(privileged_features, (int, np.integer)):
+        raise ValueError(f"{name}: privileged_features must be an int, got {privileged_features!r}")
+    if privileged_features == 0:
+        return 0
+    if not isinstance(observation_space, spaces.Box) or len(observation_space.shape) != 1 or \
+            features_extractor_class is not FlattenExtractor:
+        raise ValueError(f"{name}: privileged_features needs a 1-D Box observation and the FlattenExtractor, got "
+                         f"{observation_space} and {features_extractor_class.__name__}")
+    if not 0 < privileged_features < observation_space.shape[0]:
+        raise ValueError(f"{name}: privileged_features must be in [0, {observation_space.shape[0]}) for this "
+                         f"{observation_space.shape[0]}-value observation, got {privileged_features}")
+    return int(privileged_features)
 
 
 def _shapes(state: Any) -> str:
@@ -92,6 +109,14 @@ class CorePolicy(ActorCriticPolicy):
     :param predict_next_obs: add a head that predicts the next step's features from the actor core's output and the
         action taken (:meth:`next_obs_loss`; RecurrentPPO's ``next_obs_coef`` weights it): a dense, supervised
         signal that trains the memory to hold what the agent has seen, such as the edges of a graph
+    :param predict_oracle_action: add a head that predicts, from the actor core's output, the action of an oracle
+        that knows the layout (:meth:`oracle_action_loss`; ``oracle_coef`` weights it), read from the last
+        ``action_space.n`` privileged values (an env's ``privileged_obs``): a dense, supervised signal that trains
+        the memory to hold the layout and plan on it. Only training reads it; acting never does
+    :param privileged_features: the last this many values of a flat observation are privileged (an env's
+        ``privileged_obs``, e.g. the distance to the goal): only the critic reads them, so the actor, ``predict``
+        and exports never depend on them (an asymmetric critic). A core critic reads them with the rest of the
+        observation; the shared and joint critics add a linear encoding of them to the actor core's output
 
     The other parameters are ``ActorCriticPolicy``'s (activation, ``ortho_init`` of extractor, MLP and heads (the
     core keeps its own init), gSDE options, features extractor, optimizer). An optimizer that has a fused
@@ -110,6 +135,8 @@ class CorePolicy(ActorCriticPolicy):
         critic: str = "shared",
         net_arch: Optional[Union[list[int], dict[str, list[int]]]] = None,
         predict_next_obs: bool = False,
+        predict_oracle_action: bool = False,
+        privileged_features: int = 0,
         activation_fn: type[nn.Module] = nn.Tanh,
         ortho_init: bool = True,
         use_sde: bool = False,
@@ -136,6 +163,14 @@ class CorePolicy(ActorCriticPolicy):
         self.core_kwargs = dict(core_kwargs or {})
         self.critic_mode = critic
         self.predict_next_obs = predict_next_obs
+        self.privileged_features = _check_privileged(name, privileged_features, observation_space,
+                                                     features_extractor_class)
+        self.predict_oracle_action = predict_oracle_action
+        if predict_oracle_action and not (isinstance(action_space, spaces.Discrete) and
+                                          self.privileged_features >= action_space.n):
+            raise ValueError(f"{name}: predict_oracle_action needs a Discrete action space and the oracle's action "
+                             f"one-hot among the privileged features (an env's privileged_obs), got {action_space} "
+                             f"and privileged_features={self.privileged_features}")
         optimizer_kwargs = dict(optimizer_kwargs or {})
         if not {"fused", "foreach"} & set(optimizer_kwargs) and "fused" in inspect.signature(optimizer_class).parameters:
             optimizer_kwargs["fused"] = True
@@ -160,8 +195,10 @@ class CorePolicy(ActorCriticPolicy):
         )
 
     def _build_mlp_extractor(self) -> None:
-        """Build the core(s) on ``features_dim``, then the MLP extractor on the core's output."""
-        self.actor_core = build_core(self.core_kind, self.features_dim, self.hidden_size, **self.core_kwargs)
+        """Build the core(s) on ``features_dim`` (the actor's without the privileged features), then the MLP
+        extractor on the core's output."""
+        actor_dim = self.features_dim - self.privileged_features
+        self.actor_core = build_core(self.core_kind, actor_dim, self.hidden_size, **self.core_kwargs)
         self.critic_core = (
             build_core(self.core_kind, self.features_dim, self.hidden_size, **self.core_kwargs)
             if self.critic_mode == "separate"
@@ -170,16 +207,30 @@ class CorePolicy(ActorCriticPolicy):
         self.critic_encoder = (
             nn.Linear(self.features_dim, self.actor_core.output_size) if self.critic_mode == "none" else None
         )
+        self.privileged_encoder = (
+            nn.Linear(self.privileged_features, self.actor_core.output_size)
+            if self.privileged_features and self.critic_mode in ACTOR_CORE_CRITICS
+            else None
+        )
         self.mlp_extractor = MlpExtractor(
             self.actor_core.output_size, net_arch=self.net_arch, activation_fn=self.activation_fn, device=self.device
         )
         self.next_obs_net = (
             nn.Sequential(
-                nn.Linear(self.actor_core.output_size + get_flattened_obs_dim(self.action_space), NEXT_OBS_UNITS),
+                nn.Linear(self.actor_core.output_size + get_flattened_obs_dim(self.action_space), AUX_UNITS),
                 self.activation_fn(),
-                nn.Linear(NEXT_OBS_UNITS, self.features_dim),
+                nn.Linear(AUX_UNITS, actor_dim),
             )
             if self.predict_next_obs
+            else None
+        )
+        self.oracle_net = (
+            nn.Sequential(
+                nn.Linear(self.actor_core.output_size, AUX_UNITS),
+                self.activation_fn(),
+                nn.Linear(AUX_UNITS, int(self.action_space.n)),
+            )
+            if self.predict_oracle_action
             else None
         )
 
@@ -191,6 +242,8 @@ class CorePolicy(ActorCriticPolicy):
             core_kwargs=self.core_kwargs,
             critic=self.critic_mode,
             predict_next_obs=self.predict_next_obs,
+            predict_oracle_action=self.predict_oracle_action,
+            privileged_features=self.privileged_features,
             share_features_extractor=self.share_features_extractor,
         )
         return data
@@ -204,9 +257,11 @@ class CorePolicy(ActorCriticPolicy):
         return ActorCriticStates(actor, critic)
 
     def _features(self, obs: PyTorchObs) -> tuple[Tensor, Tensor]:
-        """``obs [T * B, ...]`` -> (actor features, critic features), each ``[T * B, features_dim]``."""
+        """``obs [T * B, ...]`` -> (actor features ``[T * B, features_dim - privileged_features]``, critic features
+        ``[T * B, features_dim]``)."""
         features = self.extract_features(obs)
-        return (features, features) if self.share_features_extractor else features  # type: ignore[return-value]
+        pi_features, vf_features = (features, features) if self.share_features_extractor else features
+        return pi_features[:, : pi_features.shape[1] - self.privileged_features], vf_features
 
     @staticmethod
     def _run_core(core: nn.Module, features: Tensor, state: State, episode_starts: Tensor) -> tuple[Tensor, State]:
@@ -237,6 +292,9 @@ class CorePolicy(ActorCriticPolicy):
                 critic_output = self.critic_encoder(vf_features)
             else:
                 critic_output = actor_output.detach() if self.critic_mode == "shared" else actor_output
+                if self.privileged_encoder is not None:
+                    critic_output = critic_output + self.privileged_encoder(
+                        vf_features[:, vf_features.shape[1] - self.privileged_features:])
             latent_vf = self.mlp_extractor.forward_critic(critic_output)
         return Latents(latent_pi, latent_vf, ActorCriticStates(actor_state, critic_state), actor_output)
 
@@ -270,19 +328,21 @@ class CorePolicy(ActorCriticPolicy):
     def evaluate_trajectories(
         self, obs: PyTorchObs, actions: Tensor, states: ActorCriticStates, episode_starts: Tensor
     ) -> TrajectoryEvaluation:
-        """:meth:`evaluate_actions` and, with the next-observation head, :meth:`next_obs_loss`, from one core pass."""
+        """:meth:`evaluate_actions` and the losses of the auxiliary heads the policy has (:meth:`next_obs_loss`,
+        :meth:`oracle_action_loss`), from one core pass."""
         T, B = episode_starts.shape
         latents = self._latents(obs, states, episode_starts)
         distribution = self._get_action_dist_from_latent(latents.pi)
         log_prob = distribution.log_prob(flatten_time(actions)).view(T, B)
         entropy = distribution.entropy()
         values = self.value_net(latents.vf).view(T, B)
-        next_obs_loss = (
-            self.next_obs_loss(obs, actions, latents.actor_output.view(T, B, -1), episode_starts)
-            if self.next_obs_net is not None
-            else None
-        )
-        return TrajectoryEvaluation(values, log_prob, None if entropy is None else entropy.view(T, B), next_obs_loss)
+        actor_output = latents.actor_output.view(T, B, -1)
+        aux_losses = {}
+        if self.next_obs_net is not None:
+            aux_losses["next_obs"] = self.next_obs_loss(obs, actions, actor_output, episode_starts)
+        if self.oracle_net is not None:
+            aux_losses["oracle_action"] = self.oracle_action_loss(obs, actor_output)
+        return TrajectoryEvaluation(values, log_prob, None if entropy is None else entropy.view(T, B), aux_losses)
 
     def next_obs_loss(self, obs: PyTorchObs, actions: Tensor, actor_output: Tensor, episode_starts: Tensor) -> Tensor:
         """Mean squared error of the head's prediction of step t+1's features from step t's actor core output
@@ -291,13 +351,20 @@ class CorePolicy(ActorCriticPolicy):
         measured in units of that variance, so that no feature's scale drowns the others."""
         T, B = episode_starts.shape
         with th.no_grad():
-            targets = self.extract_features(map_obs(flatten_time, obs)).view(T, B, -1)[1:]  # [T-1, B, D]
+            targets = self._features(map_obs(flatten_time, obs))[0].view(T, B, -1)[1:]  # [T-1, B, D]
         taken = preprocess_obs(flatten_time(actions), self.action_space).view(T, B, -1)  # [T, B, A] (one-hot)
         predictions = self.next_obs_net(th.cat([actor_output[:-1], taken[:-1]], dim=-1))  # [T-1, B, D]
         same_episode = 1.0 - episode_starts[1:]  # [T-1, B]
         scale = targets.flatten(0, 1).var(dim=0, correction=0).clamp(min=1.0)  # [D]
         errors = ((predictions - targets).square() / scale).mean(dim=-1)  # [T-1, B]
         return (errors * same_episode).sum() / same_episode.sum().clamp(min=1.0)
+
+    def oracle_action_loss(self, obs: Tensor, actor_output: Tensor) -> Tensor:
+        """Mean cross-entropy of the oracle head's logits, from the actor core's output ``[T, B, H]``, against the
+        oracle's action: the one-hot in the last ``action_space.n`` values of ``obs [T, B, D]``."""
+        oracle_actions = obs[..., -int(self.action_space.n):].argmax(dim=-1)  # [T, B]
+        logits = self.oracle_net(actor_output)  # [T, B, A]
+        return nn.functional.cross_entropy(logits.flatten(0, 1), oracle_actions.flatten())
 
     def predict_values(  # type: ignore[override]
         self, obs: PyTorchObs, states: ActorCriticStates, episode_starts: Tensor

@@ -58,13 +58,17 @@ class EnvStep(NamedTuple):
 
 
 SelfRecurrentPPO = TypeVar("SelfRecurrentPPO", bound="RecurrentPPO")
+# Each auxiliary loss of CorePolicy.evaluate_trajectories -> (the algorithm's weight for it, the policy flag that
+# builds its head).
+AUX_LOSSES = {"next_obs": ("next_obs_coef", "predict_next_obs"),
+              "oracle_action": ("oracle_coef", "predict_oracle_action")}
 
 
 class RecurrentPPO(OnPolicyAlgorithm):
     """PPO (clip) for recurrent policies with any ``fwm_rl`` core, trained on whole env-trajectories.
 
-    Same arguments as ``sb3_contrib.RecurrentPPO`` plus ``timeout_bootstrap`` and ``next_obs_coef``, with these
-    differences:
+    Same arguments as ``sb3_contrib.RecurrentPPO`` plus ``timeout_bootstrap``, ``next_obs_coef`` and ``oracle_coef``,
+    with these differences:
 
     * ``batch_size`` counts transitions as in SB3, but a minibatch holds whole env-trajectories, so it must be a
       multiple of ``n_steps`` (``batch_size / n_steps`` envs per minibatch); the default, ``None``, puts all envs in
@@ -79,6 +83,9 @@ class RecurrentPPO(OnPolicyAlgorithm):
         reward, as SB3 does; False treats truncation as termination (the FWM paper's Monte-Carlo returns)
     :param next_obs_coef: weight of the policy's next-observation loss (:meth:`CorePolicy.next_obs_loss`) in the
         PPO loss; above 0 the policy is built with ``predict_next_obs=True``. 0 (the default) is plain PPO
+    :param oracle_coef: weight of the policy's oracle-action loss (:meth:`CorePolicy.oracle_action_loss`); above 0
+        the policy is built with ``predict_oracle_action=True``, which needs an env with ``privileged_obs`` and
+        ``privileged_features`` in ``policy_kwargs``. 0 (the default) is plain PPO
 
     See ``sb3_contrib.RecurrentPPO`` for the other parameters.
     """
@@ -114,6 +121,7 @@ class RecurrentPPO(OnPolicyAlgorithm):
         target_kl: Optional[float] = None,
         timeout_bootstrap: bool = True,
         next_obs_coef: float = 0.0,
+        oracle_coef: float = 0.0,
         stats_window_size: int = 100,
         tensorboard_log: Optional[str] = None,
         policy_kwargs: Optional[dict[str, Any]] = None,
@@ -127,12 +135,13 @@ class RecurrentPPO(OnPolicyAlgorithm):
             ent_coef=ent_coef, vf_coef=vf_coef, max_grad_norm=max_grad_norm, batch_size=batch_size,
             n_epochs=n_epochs, clip_range=clip_range, clip_range_vf=clip_range_vf, target_kl=target_kl,
         )
-        check_in_range(type(self).__name__, "next_obs_coef", next_obs_coef, 0.0, math.inf, high_open=True)
-        if next_obs_coef > 0:
-            if (policy_kwargs or {}).get("predict_next_obs") is False:
-                raise ValueError(f"{type(self).__name__}: next_obs_coef={next_obs_coef} needs the policy's "
-                                 "next-observation head; drop predict_next_obs=False from policy_kwargs")
-            policy_kwargs = {**(policy_kwargs or {}), "predict_next_obs": True}
+        for (coef_name, head), coef in zip(AUX_LOSSES.values(), (next_obs_coef, oracle_coef)):
+            check_in_range(type(self).__name__, coef_name, coef, 0.0, math.inf, high_open=True)
+            if coef > 0:
+                if (policy_kwargs or {}).get(head) is False:
+                    raise ValueError(f"{type(self).__name__}: {coef_name}={coef} needs the policy's {head} head; "
+                                     f"drop {head}=False from policy_kwargs")
+                policy_kwargs = {**(policy_kwargs or {}), head: True}
         super().__init__(
             policy,
             env,
@@ -162,6 +171,7 @@ class RecurrentPPO(OnPolicyAlgorithm):
         self.target_kl = target_kl
         self.timeout_bootstrap = timeout_bootstrap
         self.next_obs_coef = next_obs_coef
+        self.oracle_coef = oracle_coef
         self._last_core_states: Optional[ActorCriticStates] = None
         self.last_env_step: Optional[EnvStep] = None  # for callbacks: read it in on_step, instead of self.locals
         self.data_parallel: DataParallel = SINGLE_PROCESS
@@ -299,15 +309,28 @@ class RecurrentPPO(OnPolicyAlgorithm):
         callback.on_rollout_end()
         return True
 
-    def _evaluate(self, batch: TrajectoryBatch) -> tuple[Tensor, Tensor, Tensor, Optional[Tensor]]:
-        """Values, log-probs ``[T, B]``, the entropy loss and the next-observation loss (None without the policy's
-        head) of ``batch`` under the current policy."""
-        values, log_prob, entropy, next_obs_loss = self.policy.evaluate_trajectories(
+    @property
+    def aux_coefs(self) -> dict[str, float]:
+        """Auxiliary loss name -> its weight in the loss."""
+        return {name: getattr(self, coef_name) for name, (coef_name, _) in AUX_LOSSES.items()}
+
+    def _evaluate(self, batch: TrajectoryBatch) -> tuple[Tensor, Tensor, Tensor, Tensor, dict[str, float]]:
+        """Values, log-probs ``[T, B]``, the entropy loss, the weighted sum of the auxiliary losses (0 without any)
+        and each auxiliary loss's value, for the log, of ``batch`` under the current policy."""
+        values, log_prob, entropy, aux_losses = self.policy.evaluate_trajectories(
             batch.observations, batch.actions, batch.initial_state, batch.episode_starts
         )
         # Without an analytical entropy, -log_prob estimates it.
         entropy_loss = th.mean(log_prob) if entropy is None else -th.mean(entropy)
-        return values, log_prob, entropy_loss, next_obs_loss
+        weighted = [self.aux_coefs[name] * loss for name, loss in aux_losses.items() if self.aux_coefs[name] > 0]
+        aux_loss = th.stack(weighted).sum() if weighted else th.zeros((), device=values.device)
+        return values, log_prob, entropy_loss, aux_loss, {
+            name: loss.item() for name, loss in aux_losses.items() if self.aux_coefs[name] > 0}
+
+    def _record_aux(self, aux_values: list[dict[str, float]]) -> None:
+        """Log ``train/<name>_loss``, the mean over minibatches of each auxiliary loss in use."""
+        for name in aux_values[0] if aux_values else ():
+            self.logger.record(f"train/{name}_loss", np.mean([values[name] for values in aux_values]))
 
     def set_data_parallel(self, ranks: DataParallel) -> None:
         """Train as one rank of ``ranks`` (see :mod:`fwm_rl.agents.distributed`): rank 0's parameters are copied to
@@ -405,12 +428,13 @@ class RecurrentPPO(OnPolicyAlgorithm):
             None if self.clip_range_vf is None else self.clip_range_vf(self._current_progress_remaining)  # type: ignore
         )
         entropy_losses, pg_losses, value_losses, clip_fractions, approx_kl_divs = [], [], [], [], []
-        next_obs_losses = []
+        aux_values = []
         continue_training = True
         for epoch in range(self.n_epochs):
             approx_kl_divs = []
             for batch in self.rollout_buffer.get(self._envs_per_batch()):
-                values, log_prob, entropy_loss, next_obs_loss = self._evaluate(batch)
+                values, log_prob, entropy_loss, aux_loss, aux = self._evaluate(batch)
+                aux_values.append(aux)
                 advantages = batch.advantages
                 if self.normalize_advantage and advantages.numel() > 1:
                     advantages = self._normalized(advantages)
@@ -422,10 +446,7 @@ class RecurrentPPO(OnPolicyAlgorithm):
                 else:
                     values_pred = batch.old_values + th.clamp(values - batch.old_values, -clip_range_vf, clip_range_vf)
                 value_loss = F.mse_loss(batch.returns, values_pred)
-                loss = policy_loss + self.ent_coef * entropy_loss + self.vf_coef * value_loss
-                if self.next_obs_coef > 0:
-                    loss = loss + self.next_obs_coef * next_obs_loss
-                    next_obs_losses.append(next_obs_loss.item())
+                loss = policy_loss + self.ent_coef * entropy_loss + self.vf_coef * value_loss + aux_loss
 
                 pg_losses.append(policy_loss.item())
                 value_losses.append(value_loss.item())
@@ -449,8 +470,7 @@ class RecurrentPPO(OnPolicyAlgorithm):
         self.logger.record("train/entropy_loss", np.mean(entropy_losses))
         self.logger.record("train/policy_gradient_loss", np.mean(pg_losses))
         self.logger.record("train/value_loss", np.mean(value_losses))
-        if next_obs_losses:
-            self.logger.record("train/next_obs_loss", np.mean(next_obs_losses))
+        self._record_aux(aux_values)
         self.logger.record("train/approx_kl", np.mean(approx_kl_divs))
         self.logger.record("train/clip_fraction", np.mean(clip_fractions))
         self.logger.record("train/loss", loss.item())

@@ -20,6 +20,13 @@ from fwm_rl.envs.checks import check_choice, check_int
 from fwm_rl.envs.streams import RowStreams, draw_index
 
 LAYOUT_ORDERS = ("random", "sequential")
+PRIVILEGED_DISTANCES = 8  # the privileged distance one-hot has slots 0 .. 8 ("8 or more")
+
+
+def privileged_size(n_actions: int) -> int:
+    """Values that ``privileged_obs`` appends: the distance one-hot [PRIVILEGED_DISTANCES + 1], the distance /
+    episode_steps [1] and the oracle action one-hot [n_actions]."""
+    return PRIVILEGED_DISTANCES + 2 + n_actions
 Info = TypeVar("Info")
 
 
@@ -31,14 +38,21 @@ class BatchedDynamics:
     :param episode_steps: lifetime length T; a row is truncated after its T-th step.
     :param n_layouts: size of the fixed layout set, or None for procedural layouts.
     :param layout_order: "random" (uniform over the set) or "sequential" (row i gets i, i+B, i+2B, ... mod N).
+    :param privileged_obs: append :func:`privileged_size` privileged values to the observation (the shortest-path
+        distance to the goal and the oracle's action, for an asymmetric critic or an auxiliary loss);
+        ``CorePolicy(privileged_features=privileged_size(n_actions))`` hides them from the actor.
     """
 
     n_actions: int
     obs_low: np.ndarray
     obs_high: np.ndarray
 
-    def __init__(self, n_rows: int, episode_steps: int, n_layouts: int | None, layout_order: str) -> None:
+    def __init__(self, n_rows: int, episode_steps: int, n_layouts: int | None, layout_order: str,
+                 privileged_obs: bool = False) -> None:
         check_choice("layout_order", layout_order, LAYOUT_ORDERS)
+        if not isinstance(privileged_obs, (bool, np.bool_)):
+            raise ValueError(f"privileged_obs must be true or false, got {privileged_obs!r}")
+        self.privileged_obs = bool(privileged_obs)
         self.n_rows = n_rows
         self.episode_steps = check_int("episode_steps", episode_steps, 1)
         self.n_layouts = n_layouts
@@ -72,11 +86,14 @@ class BatchedDynamics:
 
     def _init_observation(self, n_features: int, reward_low: float, reward_high: float) -> None:
         """Observation = task features [F] in [0, 1], previous action one-hot with a "none" slot [a + 1], previous
-        reward in [reward_low, reward_high], steps taken / episode_steps."""
-        self.obs_size = n_features + self.n_actions + 3
+        reward in [reward_low, reward_high], steps taken / episode_steps; then, with ``privileged_obs``, the
+        shortest-path distance d to the goal as a one-hot of min(d, PRIVILEGED_DISTANCES), min(d / episode_steps,
+        1) and the one-hot of :meth:`oracle_actions` [privileged_size(n_actions)]."""
+        self._time_col = n_features + self.n_actions + 2
+        self.obs_size = self._time_col + 1 + (privileged_size(self.n_actions) if self.privileged_obs else 0)
         self.obs_low = np.zeros(self.obs_size, dtype=np.float32)
         self.obs_high = np.ones(self.obs_size, dtype=np.float32)
-        self.obs_low[-2], self.obs_high[-2] = reward_low, reward_high
+        self.obs_low[self._time_col - 1], self.obs_high[self._time_col - 1] = reward_low, reward_high
         self._obs_start = self.rows * self.obs_size  # [B] offset of each row in the flat observation
         self._action_slot = self._obs_start + n_features  # [B] flat index of each row's "action 0" slot
 
@@ -170,13 +187,19 @@ class BatchedDynamics:
         return self.observe(), rewards, truncated, info, obs
 
     def observe(self) -> np.ndarray:
-        """[B, D] float32 fresh observations: task features, previous action one-hot, previous reward, time."""
+        """[B, D] float32 fresh observations: task features, previous action one-hot, previous reward, time (and
+        the privileged distance)."""
         obs = np.zeros((self.n_rows, self.obs_size), dtype=np.float32)
         flat = obs.reshape(-1)
         flat[self._action_slot + self.prev_action] = 1.0
-        obs[:, -2] = self.prev_reward
-        np.divide(self.t, self.episode_steps, out=obs[:, -1])
+        obs[:, self._time_col - 1] = self.prev_reward
+        np.divide(self.t, self.episode_steps, out=obs[:, self._time_col])
         self._observe_features(obs, flat)
+        if self.privileged_obs:
+            distance_slot = self._obs_start + (self._time_col + 1)
+            flat[distance_slot + np.minimum(self.shortest, PRIVILEGED_DISTANCES)] = 1.0
+            np.minimum(self.shortest / self.episode_steps, 1.0, out=obs[:, self._time_col + PRIVILEGED_DISTANCES + 2])
+            flat[distance_slot + (PRIVILEGED_DISTANCES + 2) + self.oracle_actions()] = 1.0
         return obs
 
     # ----------------------------------------------------------------------------------------------------- info

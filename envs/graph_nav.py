@@ -13,7 +13,8 @@ edges and remember them. Dynamics follow the official ``metaRL/train_agent.py`` 
   becomes "none" and the counter restarts.
 
 Observation (float32, 2n + a + 3 = 16 values): goal one-hot [n], node one-hot [n], previous action one-hot with a
-final "none" slot [a + 1], previous reward, steps taken / episode_steps.
+final "none" slot [a + 1], previous reward, steps taken / episode_steps. ``privileged_obs=True`` appends the
+shortest-path distance to the goal, for an asymmetric critic only (10 more values).
 
 Differences from the official code, all in the observation (the dynamics are the same):
 
@@ -56,7 +57,8 @@ class GraphNavDynamics(BatchedDynamics):
     ``edge_reward`` [B, n a] and ``dist`` [B, n, n]."""
 
     def __init__(self, n_rows: int, split: str = "train", n_nodes: int = 5, n_actions: int = 3,
-                 episode_steps: int = 30, layout_order: str = "random") -> None:
+                 episode_steps: int = 30, layout_order: str = "random",
+                 privileged_obs: bool = False) -> None:
         check_choice("split", split, GRAPH_SPLITS)
         self.n_nodes = check_int("n_nodes", n_nodes, 3, MAX_NODES)
         self.n_actions = check_int("n_actions", n_actions, 3, MAX_ACTIONS)  # fewer leaves the sampler no free slot
@@ -71,7 +73,8 @@ class GraphNavDynamics(BatchedDynamics):
             self.bank = split_graphs(split, n, a)
             self.bank_tables = self._tables(self.bank)
             self.bank_ids = [graph_id(g) for g in self.bank]
-        super().__init__(n_rows, episode_steps, None if self.bank is None else len(self.bank), layout_order)
+        super().__init__(n_rows, episode_steps, None if self.bank is None else len(self.bank), layout_order,
+                         privileged_obs)
         n, a = self.n_nodes, self.n_actions
         self.succ = np.zeros((n_rows, n, a), dtype=np.int64)
         self.next_node = np.zeros((n_rows, n * a), dtype=np.int64)
@@ -158,7 +161,7 @@ class GraphNavDynamics(BatchedDynamics):
 
 class GraphNavEnv(TaskEnv):
     """``FWM/GraphNav-v0`` (single env). Kwargs: split ("train", "val", "test", "procedural"), n_nodes, n_actions,
-    episode_steps, layout_order."""
+    episode_steps, layout_order, privileged_obs (see :class:`~fwm_rl.envs.dynamics.BatchedDynamics`)."""
 
     env_id = ENV_ID
     dynamics_class = GraphNavDynamics

@@ -70,7 +70,8 @@ class GridMazeDynamics(BatchedDynamics):
     def __init__(self, n_rows: int, size: int | None = None, loops: float | None = None, obs: str = "view",
                  split: str = "train", layout: str | None = None, layouts: str | list | None = None,
                  episode_steps: int | None = None, view_radius: int = 1, layout_order: str = "random",
-                 position_scale: int | None = None, curriculum: dict | list | SizeCurriculum | None = None) -> None:
+                 position_scale: int | None = None, curriculum: dict | list | SizeCurriculum | None = None,
+                 privileged_obs: bool = False) -> None:
         check_choice("obs", obs, OBS_MODES)
         check_choice("split", split, GRID_SPLITS)
         self.view_radius = check_int("view_radius", view_radius, 1, MAX_VIEW_RADIUS)
@@ -109,7 +110,8 @@ class GridMazeDynamics(BatchedDynamics):
         if episode_steps is None:
             episode_steps = default_episode_steps(*((maze_tiles(self.size),) * 2 if self.bank is None else
                                                     (self.height, self.width)))
-        super().__init__(n_rows, episode_steps, None if self.bank is None else len(self.bank), layout_order)
+        super().__init__(n_rows, episode_steps, None if self.bank is None else len(self.bank), layout_order,
+                         privileged_obs)
 
         p = self.view_radius
         self.padded_width = self.width + 2 * p
@@ -254,7 +256,8 @@ class GridMazeDynamics(BatchedDynamics):
 
 class GridMazeEnv(TaskEnv):
     """``FWM/GridMaze-v0`` (single env). Kwargs: size, loops, obs, split, layout, layouts, episode_steps,
-    view_radius, layout_order, position_scale, curriculum."""
+    view_radius, layout_order, position_scale, curriculum, privileged_obs (see
+    :class:`~fwm_rl.envs.dynamics.BatchedDynamics`)."""
 
     env_id = ENV_ID
     dynamics_class = GridMazeDynamics

@@ -20,6 +20,7 @@ from stable_baselines3.common.save_util import load_from_zip_file
 
 from fwm_rl.agents import CorePolicy, FWMPolicy, LSTMPolicy, RecurrentA2C, RecurrentPPO, paper_a2c_kwargs
 from fwm_rl.envs import make_vec_env
+from fwm_rl.envs.dynamics import privileged_size
 from prediction_checks import assert_same_predictions
 
 GRAPH = dict(n_nodes=3, n_actions=3, episode_steps=12)
@@ -216,29 +217,36 @@ def test_save_plus_runtime_state_continues_learning_bit_identically(algo, tmp_pa
     assert not np.array_equal(without.policy.parameters_to_vector(), model.policy.parameters_to_vector())
 
 
+PRIVILEGED_FWM = {**SMALL_FWM, "privileged_features": privileged_size(3)}
+AUX = [("next_obs_coef", "next_obs_net", "next_obs"), ("oracle_coef", "oracle_net", "oracle_action")]
+
+
+@pytest.mark.parametrize("coef, head, loss", AUX)
 @pytest.mark.parametrize("algo", [RecurrentPPO, RecurrentA2C])
-def test_next_obs_coef_adds_the_head_logs_its_loss_and_survives_save_load(algo, tmp_path):
-    model = algo("MlpFwmPolicy", graph_env(), n_steps=12, policy_kwargs=SMALL_FWM, next_obs_coef=0.5, seed=0)
-    assert model.policy.predict_next_obs and model.policy.next_obs_net is not None
+def test_an_auxiliary_coef_adds_its_head_logs_its_loss_and_survives_save_load(algo, coef, head, loss, tmp_path):
+    model = algo("MlpFwmPolicy", graph_env(privileged_obs=True), n_steps=12, policy_kwargs=PRIVILEGED_FWM,
+                 seed=0, **{coef: 0.5})
+    assert getattr(model.policy, head) is not None and [n for n, c in model.aux_coefs.items() if c > 0] == [loss]
     model.set_logger(configure(str(tmp_path / "log"), ["csv"]))
     model.learn(96, log_interval=1)
     with open(tmp_path / "log" / "progress.csv") as f:
         rows = list(csv.DictReader(f))
-    assert np.isfinite(float(rows[-1]["train/next_obs_loss"]))
+    assert np.isfinite(float(rows[-1][f"train/{loss}_loss"]))
     model.save(tmp_path / "model.zip")
     loaded = algo.load(tmp_path / "model.zip")
-    assert loaded.next_obs_coef == 0.5 and loaded.policy.next_obs_net is not None
-    for a, b in zip(model.policy.next_obs_net.parameters(), loaded.policy.next_obs_net.parameters()):
+    assert getattr(loaded, coef) == 0.5 and getattr(loaded.policy, head) is not None
+    for a, b in zip(getattr(model.policy, head).parameters(), getattr(loaded.policy, head).parameters()):
         th.testing.assert_close(a, b, rtol=0, atol=0)
 
 
-def test_next_obs_coef_zero_is_plain_ppo_bit_for_bit():
+@pytest.mark.parametrize("coef", ["next_obs_coef", "oracle_coef"])
+def test_an_auxiliary_coef_of_zero_is_plain_ppo_bit_for_bit(coef):
     def trained(**kwargs):
-        model = RecurrentPPO("MlpFwmPolicy", graph_env(), n_steps=12, batch_size=24, n_epochs=2,
-                             policy_kwargs=SMALL_FWM, seed=3, **kwargs)
+        model = RecurrentPPO("MlpFwmPolicy", graph_env(privileged_obs=True), n_steps=12, batch_size=24, n_epochs=2,
+                             policy_kwargs=PRIVILEGED_FWM, seed=3, **kwargs)
         return model.learn(96).policy.state_dict()
 
-    plain, zero = trained(), trained(next_obs_coef=0.0)
+    plain, zero = trained(), trained(**{coef: 0.0})
     assert plain.keys() == zero.keys()
     for key in plain:
         th.testing.assert_close(plain[key], zero[key], rtol=0, atol=0)
@@ -246,9 +254,13 @@ def test_next_obs_coef_zero_is_plain_ppo_bit_for_bit():
 
 @pytest.mark.parametrize("kwargs, message", [
     (dict(next_obs_coef=-1.0), "next_obs_coef"),
+    (dict(oracle_coef=-1.0), "oracle_coef"),
     (dict(next_obs_coef=1.0, policy_kwargs={**SMALL_FWM, "predict_next_obs": False}), "predict_next_obs"),
+    (dict(oracle_coef=1.0, policy_kwargs={**SMALL_FWM, "predict_oracle_action": False}), "predict_oracle_action"),
+    (dict(oracle_coef=1.0), "predict_oracle_action needs a Discrete action space and the oracle's action one-hot "
+                            r"among the privileged features \(an env's privileged_obs\)"),
 ])
-def test_bad_next_obs_settings_raise_one_line_errors(kwargs, message):
+def test_bad_auxiliary_settings_raise_one_line_errors(kwargs, message):
     kwargs = {"policy_kwargs": SMALL_FWM, **kwargs}
     with pytest.raises(ValueError, match=message) as error:
         RecurrentPPO("MlpFwmPolicy", graph_env(), n_steps=12, **kwargs)

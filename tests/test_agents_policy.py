@@ -26,6 +26,7 @@ from fwm_rl.agents import (
     RecurrentPPO,
 )
 from fwm_rl.envs import GraphNavEnv, make_vec_env
+from fwm_rl.envs.dynamics import privileged_size
 from prediction_checks import assert_same_predictions
 
 GRAPH = dict(n_nodes=3, n_actions=3, episode_steps=12)
@@ -107,6 +108,66 @@ def test_bad_policy_kwargs_fail_at_construction(kwargs, message):
     for algo, policy in ((sb3_contrib.RecurrentPPO, FWMPolicy), (RecurrentPPO, CorePolicy)):
         with pytest.raises(ValueError, match=message):
             algo(policy, env, n_steps=4, batch_size=8, policy_kwargs={**SMALL_FWM, **kwargs}, device="cpu")
+
+
+@pytest.mark.parametrize("value, message", [
+    (-1, r"privileged_features must be in \[0, 12\) for this 12-value observation, got -1"),
+    (12, r"must be in \[0, 12\) .* got 12"),
+    (True, "privileged_features must be an int, got True"),
+    ("4", "privileged_features must be an int, got '4'"),
+])
+def test_bad_privileged_features_fail_at_construction(value, message):
+    with pytest.raises(ValueError, match=message):
+        make_policy(graph_env(2), privileged_features=value)
+
+
+def test_privileged_features_need_a_flat_observation():
+    space = spaces.Dict({"obs": spaces.Box(0, 1, (4,))})
+    with pytest.raises(ValueError, match="privileged_features needs a 1-D Box observation and the FlattenExtractor"):
+        MultiInputCorePolicy(space, spaces.Discrete(3), lambda _: 1e-3, privileged_features=2)
+
+
+@pytest.mark.parametrize("critic", CRITICS)
+def test_privileged_features_reach_the_critic_and_never_the_actor(critic):
+    """Changing the privileged tail of the observation changes the values, and no log-prob, entropy, next-obs
+    prediction, actor state or prediction; the next-observation head predicts the actor's features only."""
+    env = make_vec_env("FWM/GraphNav-v0", 3, seed=0, **GRAPH, privileged_obs=True)
+    th.manual_seed(0)
+    size = privileged_size(env.action_space.n)
+    policy = make_policy(env, critic=critic, privileged_features=size, predict_next_obs=True)
+    assert policy.actor_core.input_size == env.observation_space.shape[0] - size
+    obs, actions, starts = rollout_tensors(env, T=6, B=3)
+    other = obs.clone()
+    other[..., -size:] = th.rand(6, 3, size)
+    states = random_states(policy, 3)
+    with th.no_grad():
+        a, b = (policy.evaluate_trajectories(o, actions, states, starts) for o in (obs, other))
+        for name in ("log_prob", "entropy"):
+            assert th.equal(getattr(a, name), getattr(b, name)), name
+        assert th.equal(a.aux_losses["next_obs"], b.aux_losses["next_obs"])
+        assert not th.allclose(a.values, b.values)
+    (act_a, state_a), (act_b, state_b) = (policy.predict(o[0].numpy(), deterministic=True) for o in (obs, other))
+    np.testing.assert_array_equal(act_a, act_b)
+    for x, y in zip(state_a, state_b):
+        np.testing.assert_array_equal(x, y)
+
+
+def test_oracle_action_loss_matches_a_step_by_step_cross_entropy_and_trains_the_actor_core():
+    env = make_vec_env("FWM/GraphNav-v0", 3, seed=0, **GRAPH, privileged_obs=True)
+    th.manual_seed(0)
+    policy = make_policy(env, critic="shared", privileged_features=privileged_size(3), predict_oracle_action=True)
+    obs, actions, starts = rollout_tensors(env, T=5, B=3)
+    oracle = th.randint(0, 3, (5, 3))
+    obs[..., -3:] = th.nn.functional.one_hot(oracle, 3).float()
+    states = random_states(policy, 3)
+    got = policy.evaluate_trajectories(obs, actions, states, starts).aux_losses["oracle_action"]
+    with th.no_grad():
+        pi, _ = (policy.actor_core(obs[:, :, :-privileged_size(3)], states.actor, starts))
+        want = np.mean([-th.log_softmax(policy.oracle_net(pi[t, b]), dim=-1)[oracle[t, b]].item()
+                        for t in range(5) for b in range(3)])
+    assert abs(got.item() - want) < 1e-5
+    got.backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in policy.actor_core.parameters())
 
 
 def test_critic_modes_build_the_modules_they_need():
@@ -207,21 +268,21 @@ def test_next_obs_loss_matches_a_pair_by_pair_reference_with_resets(critic):
     obs[..., 0] *= 10.0  # one feature with a variance above 1: its error is measured in units of that variance
     states = random_states(policy, 5)
     with th.no_grad():
-        got = policy.evaluate_trajectories(obs, actions, states, starts).next_obs_loss
+        got = policy.evaluate_trajectories(obs, actions, states, starts).aux_losses["next_obs"]
         want = reference_next_obs_loss(policy, obs, actions, states, starts)
     assert got.item() == pytest.approx(want, rel=1e-5)
 
 
-def test_next_obs_loss_trains_the_actor_core_under_a_shared_critic_and_is_none_without_the_head():
+def test_next_obs_loss_trains_the_actor_core_under_a_shared_critic_and_is_absent_without_the_head():
     env = graph_env(2)
     obs, actions, starts = rollout_tensors(env, T=5, B=3)
     policy = make_policy(env, critic="shared", predict_next_obs=True)
-    policy.evaluate_trajectories(obs, actions, policy.initial_state(3), starts).next_obs_loss.backward()
+    policy.evaluate_trajectories(obs, actions, policy.initial_state(3), starts).aux_losses["next_obs"].backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in policy.next_obs_net.parameters())
     assert sum(p.grad.abs().sum() for p in policy.actor_core.parameters() if p.grad is not None) > 0
     plain = make_policy(env)
     assert plain.next_obs_net is None
-    assert plain.evaluate_trajectories(obs, actions, plain.initial_state(3), starts).next_obs_loss is None
+    assert plain.evaluate_trajectories(obs, actions, plain.initial_state(3), starts).aux_losses == {}
 
 
 @pytest.mark.parametrize("critic", CRITICS)

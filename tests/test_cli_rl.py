@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import gymnasium as gym
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -22,6 +23,7 @@ from fwm_rl.envs import run_reference
 from fwm_rl.train import rl
 from fwm_rl.train.cli import main
 from fwm_rl.train.config import TrainConfig
+from fwm_rl.envs.dynamics import privileged_size
 from fwm_rl.train.demo import run_demo
 from fwm_rl.train.errors import UserError
 from fwm_rl.train.evaluate import evaluate, run_episodes
@@ -135,6 +137,21 @@ def test_time_budget_stops_at_an_update_boundary_with_model_and_checkpoint(tmp_p
     assert result.stopped == "time budget" and result.step % 40 == 0 and result.step < 400
     assert (tmp_path / "budget" / "model.zip").exists()
     assert (tmp_path / "budget" / "checkpoints" / f"step_{result.step:012d}.ckpt").exists()
+
+
+def test_a_privileged_run_hides_the_privileged_values_from_the_actor_and_evaluates_on_them(tmp_path):
+    """env_kwargs privileged_obs builds a policy whose actor skips the privileged tail; the oracle loss is logged
+    and the evaluation (agent and references) plays the same privileged env."""
+    config = TrainConfig(**{**TINY, "env_kwargs": {"split": "train", "privileged_obs": True}, "oracle_coef": 0.5,
+                            "eval_split": None, "total_timesteps": 80})
+    rl.train(config, run_dir=tmp_path / "priv", progress_bar=False, quiet=True)
+    policy = load_agent(tmp_path / "priv" / "model.zip", "ppo").policy
+    assert policy.privileged_features == privileged_size(3) and policy.oracle_net is not None
+    assert policy.actor_core.input_size == 16
+    assert all(np.isfinite(float(row["train/oracle_action_loss"])) for row in metrics_without_timing(tmp_path / "priv")
+               if row.get("train/oracle_action_loss"))
+    rows = evaluate(tmp_path / "priv", episodes=8)["rows"]
+    assert rows["oracle"]["return_mean"] > rows["random"]["return_mean"] and np.isfinite(rows["tiny"]["return_mean"])
 
 
 def test_resume_keeps_the_config_except_budget_fields(tiny_run):

@@ -12,6 +12,7 @@ from stable_baselines3.common.evaluation import evaluate_policy
 
 import fwm_rl.envs
 from fwm_rl.envs import EpisodeRecorder, make_vec_env
+from fwm_rl.envs.dynamics import PRIVILEGED_DISTANCES, privileged_size
 from fwm_rl.envs.render import ACTION_COLOURS, AGENT, GOAL
 
 IDS = ["FWM/GraphNav-v0", "FWM/GridMaze-v0"]
@@ -60,6 +61,34 @@ def test_batched_and_single_envs_give_identical_trajectories_across_autoresets(e
                 o, inf = env.reset()
                 np.testing.assert_array_equal(obs[i], o)
                 assert info["layout_id"][i] == inf["layout_id"]
+
+
+@pytest.mark.parametrize("env_id", IDS)
+def test_privileged_obs_appends_the_distance_to_the_goal_to_the_same_observation(env_id):
+    """The privileged tail is one-hot(min(d, 8)) and min(d / episode_steps, 1) of the info's shortest path and the
+    one-hot of the env's oracle action; the rest equals the plain env's observation along the same actions, across
+    autoresets."""
+    plain, privileged = (gym.make(env_id, **SMALL[env_id], **extra) for extra in ({}, {"privileged_obs": True}))
+    gym_check_env(gym.make(env_id, **SMALL[env_id], privileged_obs=True).unwrapped)
+    size, n_actions = plain.observation_space.shape[0], plain.action_space.n
+    assert privileged.observation_space.shape == (size + privileged_size(n_actions),)
+    (want, _), (got, info) = plain.reset(seed=3), privileged.reset(seed=3)
+    horizon = privileged.unwrapped.dynamics.episode_steps
+    distances = set()
+    for action in np.random.default_rng(1).integers(plain.action_space.n, size=3 * horizon):
+        np.testing.assert_array_equal(got[:size], want)
+        d = info["shortest_path"]
+        distances.add(d)
+        tail = np.zeros(privileged_size(n_actions), dtype=np.float32)
+        tail[min(d, PRIVILEGED_DISTANCES)] = 1.0
+        tail[PRIVILEGED_DISTANCES + 1] = min(d / horizon, 1.0)
+        tail[PRIVILEGED_DISTANCES + 2 + privileged.unwrapped.oracle_action()] = 1.0
+        np.testing.assert_array_equal(got[size:], tail)
+        want, _, _, truncated, _ = plain.step(int(action))
+        got, _, _, _, info = privileged.step(int(action))
+        if truncated:
+            (want, _), (got, info) = plain.reset(), privileged.reset()
+    assert len(distances) > 1
 
 
 @pytest.mark.parametrize("env_id", IDS)
@@ -172,6 +201,7 @@ def test_episode_recorder_pickled_by_an_older_version_without_goal_steps_resumes
     ("FWM/GraphNav-v0", {"n_actions": 2}, "n_actions must be an integer in [3, 16], got 2"),
     ("FWM/GraphNav-v0", {"n_nodes": 1000}, "n_nodes must be an integer in [3, 16], got 1000"),
     ("FWM/GraphNav-v0", {"render_mode": "svg"}, "allowed: None, ansi, rgb_array"),
+    ("FWM/GridMaze-v0", {"privileged_obs": "yes"}, "privileged_obs must be true or false, got 'yes'"),
 ])
 @pytest.mark.filterwarnings("ignore:.*render_mode=.svg.")
 def test_bad_options_raise_one_line_value_errors_saying_what_is_allowed(env_id, kwargs, message):
@@ -182,8 +212,8 @@ def test_bad_options_raise_one_line_value_errors_saying_what_is_allowed(env_id, 
 
 
 GRID_OPTIONS = ("size, loops, obs, split, layout, layouts, episode_steps, view_radius, layout_order, position_scale, "
-                "curriculum")
-GRAPH_OPTIONS = "split, n_nodes, n_actions, episode_steps, layout_order"
+                "curriculum, privileged_obs")
+GRAPH_OPTIONS = "split, n_nodes, n_actions, episode_steps, layout_order, privileged_obs"
 
 
 @pytest.mark.parametrize("make, allowed", [

@@ -11,11 +11,13 @@ from typing import Any
 import gymnasium
 import torch
 
+from fwm_rl.envs.dynamics import privileged_size
 from fwm_rl.train.config import TrainConfig
 from fwm_rl.train.errors import UserError, user_input
 
 ALGO_FIELDS = ("batch_size", "n_epochs", "learning_rate", "gamma", "gae_lambda", "ent_coef", "vf_coef",
-               "max_grad_norm", "normalize_advantage", "timeout_bootstrap", "next_obs_coef")
+               "max_grad_norm", "normalize_advantage", "timeout_bootstrap", "next_obs_coef",
+               "oracle_coef")
 PPO_ONLY_FIELDS = ("batch_size", "n_epochs")
 OPTIMIZERS = {"adam": torch.optim.Adam, "rmsprop": torch.optim.RMSprop}
 
@@ -71,7 +73,8 @@ def check_state_memory(config: TrainConfig) -> None:
 
 def build_agent(config: TrainConfig, vec_env):
     """A fresh agent for ``config`` on ``vec_env`` (seeded with ``config.seed``); a value the algorithm or the
-    policy refuses is a one-line UserError, and so is a core whose states would not fit in memory."""
+    policy refuses is a one-line UserError, and so is a core whose states would not fit in memory. An env with
+    ``privileged_obs`` gets a policy whose actor does not read those values (an asymmetric critic)."""
     check_state_memory(config)
     if config.algo != "ppo":
         given = [name for name in PPO_ONLY_FIELDS if getattr(config, name) is not None]
@@ -84,6 +87,8 @@ def build_agent(config: TrainConfig, vec_env):
     for name in ("critic", "net_arch"):
         if getattr(config, name) is not None:
             policy_kwargs[name] = getattr(config, name)
+    if config.env_kwargs.get("privileged_obs"):  # the env appends them; the policy hides them from the actor
+        policy_kwargs["privileged_features"] = privileged_size(vec_env.action_space.n)
     if config.optimizer is not None:
         policy_kwargs["optimizer_class"] = OPTIMIZERS[config.optimizer]
         policy_kwargs["optimizer_kwargs"] = dict(config.optimizer_kwargs)

@@ -79,6 +79,10 @@ class TrainConfig(RunConfig):
     next_obs_coef: Optional[float] = None
     """Weight of an auxiliary loss: a head predicts the next observation from the actor core's output and the action
     taken, which trains the memory to hold what the agent has seen; none for the algorithm's default (0, off)."""
+    oracle_coef: Optional[float] = None
+    """Weight of an auxiliary loss: a head predicts, from the actor core's output, the action of an oracle that
+    knows the layout, which trains the memory to hold the layout (needs env_kwargs privileged_obs=true; acting never
+    reads it); none for the algorithm's default (0, off)."""
     optimizer: Optional[Literal["adam", "rmsprop"]] = None
     """Optimizer; none for the algorithm's default (adam for ppo, rmsprop for a2c)."""
     optimizer_kwargs: dict[str, Any] = field(default_factory=dict)

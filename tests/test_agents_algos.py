@@ -20,7 +20,7 @@ from stable_baselines3.common.save_util import load_from_zip_file
 
 from fwm_rl.agents import CorePolicy, FWMPolicy, LSTMPolicy, RecurrentA2C, RecurrentPPO, paper_a2c_kwargs
 from fwm_rl.envs import make_vec_env
-from fwm_rl.envs.dynamics import privileged_size
+from fwm_rl.envs import privileged_size
 from prediction_checks import assert_same_predictions
 
 GRAPH = dict(n_nodes=3, n_actions=3, episode_steps=12)

@@ -25,8 +25,7 @@ from fwm_rl.agents import (
     PackedStateLayout,
     RecurrentPPO,
 )
-from fwm_rl.envs import GraphNavEnv, make_vec_env
-from fwm_rl.envs.dynamics import privileged_size
+from fwm_rl.envs import GraphNavEnv, make_vec_env, privileged_size
 from prediction_checks import assert_same_predictions
 
 GRAPH = dict(n_nodes=3, n_actions=3, episode_steps=12)

@@ -23,7 +23,7 @@ from fwm_rl.envs import run_reference
 from fwm_rl.train import rl
 from fwm_rl.train.cli import main
 from fwm_rl.train.config import TrainConfig
-from fwm_rl.envs.dynamics import privileged_size
+from fwm_rl.envs import privileged_size
 from fwm_rl.train.demo import run_demo
 from fwm_rl.train.errors import UserError
 from fwm_rl.train.evaluate import evaluate, run_episodes

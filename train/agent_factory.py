@@ -11,7 +11,7 @@ from typing import Any
 import gymnasium
 import torch
 
-from fwm_rl.envs.dynamics import privileged_size
+from fwm_rl.envs import privileged_size
 from fwm_rl.train.config import TrainConfig
 from fwm_rl.train.errors import UserError, user_input
 

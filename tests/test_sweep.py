@@ -329,14 +329,19 @@ def test_steps_to_threshold_is_the_first_logged_step_that_reaches_it():
     assert steps_to_threshold(steps, [0.1, 0.95, float("nan"), 0.99], 0.99, lower_is_better=False) == 40
 
 
-@pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM])
-def test_ctrl_c_or_sigterm_as_a_run_starts_marks_it_interrupted_and_resume_finishes_it(tmp_path, stop_signal):
+@pytest.mark.parametrize("stop_signal, sigint_ignored_at_start", [
+    (signal.SIGINT, False), (signal.SIGTERM, False), (signal.SIGINT, True)], ids=["sigint", "sigterm", "background"])
+def test_ctrl_c_or_sigterm_as_a_run_starts_marks_it_interrupted_and_resume_finishes_it(
+        tmp_path, stop_signal, sigint_ignored_at_start):
     """Ctrl-C (or SIGTERM, which the sweep takes as a Ctrl-C) right after the run's process starts reaches the run
     while it still imports (killed by SIGINT) or once it trains (it saves and exits 130): either way the run is
-    "interrupted", not "failed", and a resume finishes it."""
+    "interrupted", not "failed", and a resume finishes it. A sweep started as a background job (SIGINT ignored, as
+    `cmd &` in a script does) takes SIGINT all the same, as a run does."""
     args = ["sweep", "--config", CONFIGS[0], "--seeds", "1", "--runs-dir", str(tmp_path), "--name", "tiny", *TINY]
+    sigint_at_start = signal.SIG_IGN if sigint_ignored_at_start else signal.SIG_DFL
     sweep = subprocess.Popen([sys.executable, "-m", "fwm_rl", *args], stdout=subprocess.DEVNULL,
-                             stderr=subprocess.PIPE, start_new_session=True)
+                             stderr=subprocess.PIPE, start_new_session=True,
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, sigint_at_start))
     folder, deadline = tmp_path / "tiny", time.monotonic() + 120
     try:
         while not ((folder / "sweep.json").exists() and manifest(folder)["runs"][RUNS[0]].get("pid")):

@@ -398,7 +398,7 @@ def _run_all(sweep: Sweep, jobs: int, progress_bar: bool) -> int:
     bar = tqdm(total=len(sweep.runs), initial=done, unit="run", desc="sweep", disable=not progress_bar,
                dynamic_ncols=True)
     outcomes: dict[str, str] = {}
-    previous_sigterm = signal.signal(signal.SIGTERM, _sigterm_as_ctrl_c)
+    previous_handlers = {signum: signal.signal(signum, _stop_as_ctrl_c) for signum in (signal.SIGINT, signal.SIGTERM)}
     executor = ThreadPoolExecutor(max_workers=jobs)
     futures: dict[Future, str] = {executor.submit(_do_run, sweep, children, name): name for name in todo}
     pending = set(futures)
@@ -423,7 +423,8 @@ def _run_all(sweep: Sweep, jobs: int, progress_bar: bool) -> int:
             elif outcomes[name] == FAILED:
                 tqdm.write(f"{name}: failed: {run['error']} (log: {sweep.log_path(name)})", file=sys.stderr)
     executor.shutdown()
-    signal.signal(signal.SIGTERM, previous_sigterm)
+    for signum, handler in previous_handlers.items():
+        signal.signal(signum, handler)
     bar.close()
     failed = [name for name, outcome in outcomes.items() if outcome == FAILED]
     stopped = [name for name, outcome in outcomes.items() if outcome == INTERRUPTED]
@@ -439,8 +440,9 @@ def _run_all(sweep: Sweep, jobs: int, progress_bar: bool) -> int:
     return 0
 
 
-def _sigterm_as_ctrl_c(signum: int, frame: Any) -> None:
-    """SIGTERM (a batch scheduler's, ``timeout``'s or ``docker stop``'s) stops the sweep as a Ctrl-C does."""
+def _stop_as_ctrl_c(signum: int, frame: Any) -> None:
+    """SIGINT, also where the sweep started with it ignored (a background job, as a run handles it), and SIGTERM (a
+    batch scheduler's, ``timeout``'s or ``docker stop``'s) stop the sweep as a Ctrl-C does."""
     raise KeyboardInterrupt
 
 

@@ -227,6 +227,36 @@ def test_a_killed_workers_trial_is_failed_and_retried_from_its_checkpoint(files,
     assert retried.value == pytest.approx(val_returns(run_dir)[-1][1])
 
 
+def test_open_storage_retries_a_new_sqlite_database_whose_tables_another_worker_is_creating(tmp_path, monkeypatch):
+    """Two workers opening a new SQLite file race to create its tables; the loser's "table ... already exists" is
+    retried, and any other OperationalError is reported at once."""
+    import optuna
+    from sqlalchemy.exc import OperationalError
+
+    real, calls = optuna.storages.RDBStorage, []
+
+    def racing(url, **kwargs):
+        calls.append(url)
+        if len(calls) == 1:
+            raise OperationalError("CREATE TABLE studies", {}, Exception("table studies already exists"))
+        return real(url, **kwargs)
+
+    monkeypatch.setattr("fwm_rl.train.tune.time.sleep", lambda _: None)
+    monkeypatch.setattr(optuna.storages, "RDBStorage", racing)
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    assert isinstance(open_storage(url, heartbeat_s=60), real) and len(calls) == 2
+
+    def locked(url, **kwargs):
+        calls.append(url)
+        raise OperationalError("SELECT", {}, Exception("database is locked"))
+
+    monkeypatch.setattr(optuna.storages, "RDBStorage", locked)
+    calls.clear()
+    with pytest.raises(UserError, match="cannot open it .*database is locked"):
+        open_storage(url, heartbeat_s=60)
+    assert len(calls) == 1
+
+
 def test_open_storage_keeps_the_password_out_of_its_error():
     with pytest.raises(UserError) as error:
         open_storage("postgresql+psycopg2://user:secret@127.0.0.1:1/db", heartbeat_s=60)

@@ -194,7 +194,7 @@ def open_storage(url: str, heartbeat_s: int):
     """Optuna's RDB storage at ``url`` with heartbeats every ``heartbeat_s`` seconds; a trial silent for twice that
     is failed and retried (``RetryHeartbeatStaleTrialCallback``). UserError if it cannot be opened."""
     optuna = _optuna()
-    from sqlalchemy.exc import IntegrityError, ProgrammingError
+    from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 
     engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
     for attempt in range(SCHEMA_ATTEMPTS):
@@ -202,11 +202,13 @@ def open_storage(url: str, heartbeat_s: int):
             return optuna.storages.RDBStorage(
                 url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_s, grace_period=2 * heartbeat_s,
                 heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES))
-        except (IntegrityError, ProgrammingError) as e:  # another worker is creating the tables of a new database
-            if attempt == SCHEMA_ATTEMPTS - 1:
+        except (IntegrityError, ProgrammingError, OperationalError) as e:
+            # Another worker is creating the tables of a new database (SQLite says "table ... already exists").
+            creating = not isinstance(e, OperationalError) or "already exists" in str(e)
+            if not creating or attempt == SCHEMA_ATTEMPTS - 1:
                 error = e
-            else:
-                time.sleep(1 + attempt)
+                break
+            time.sleep(1 + attempt)
         except Exception as e:  # SQLAlchemy's ArgumentError/OperationalError, a missing driver's ImportError, ...
             error = e
             break

@@ -322,10 +322,11 @@ class RecurrentPPO(OnPolicyAlgorithm):
         )
         # Without an analytical entropy, -log_prob estimates it.
         entropy_loss = th.mean(log_prob) if entropy is None else -th.mean(entropy)
-        weighted = [self.aux_coefs[name] * loss for name, loss in aux_losses.items() if self.aux_coefs[name] > 0]
-        aux_loss = th.stack(weighted).sum() if weighted else th.zeros((), device=values.device)
-        return values, log_prob, entropy_loss, aux_loss, {
-            name: loss.item() for name, loss in aux_losses.items() if self.aux_coefs[name] > 0}
+        coefs = self.aux_coefs
+        used = {name: loss for name, loss in aux_losses.items() if coefs[name] > 0}
+        aux_loss = (th.stack([coefs[name] * loss for name, loss in used.items()]).sum() if used
+                    else th.zeros((), device=values.device))
+        return values, log_prob, entropy_loss, aux_loss, {name: loss.item() for name, loss in used.items()}
 
     def _record_aux(self, aux_values: list[dict[str, float]]) -> None:
         """Log ``train/<name>_loss``, the mean over minibatches of each auxiliary loss in use."""

@@ -22,6 +22,13 @@ def check_int(name: str, value: Any, low: int, high: int | None = None) -> int:
     return int(value)
 
 
+def check_bool(name: str, value: Any) -> bool:
+    """``value`` as a bool; ValueError unless it is one (numpy's included)."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"{name} must be true or false, got {value!r}")
+    return bool(value)
+
+
 def check_fraction(name: str, value: Any) -> float:
     """Return ``value`` as a float, or raise ``ValueError`` unless it is a real number in [0, 1]."""
     real = not isinstance(value, bool) and isinstance(value, (int, float, np.integer, np.floating))

@@ -16,7 +16,7 @@ from typing import Any, Callable, TypeVar
 
 import numpy as np
 
-from fwm_rl.envs.checks import check_choice, check_int
+from fwm_rl.envs.checks import check_bool, check_choice, check_int
 from fwm_rl.envs.streams import RowStreams, draw_index
 
 LAYOUT_ORDERS = ("random", "sequential")
@@ -27,6 +27,8 @@ def privileged_size(n_actions: int) -> int:
     """Values that ``privileged_obs`` appends: the distance one-hot [PRIVILEGED_DISTANCES + 1], the distance /
     episode_steps [1] and the oracle action one-hot [n_actions]."""
     return PRIVILEGED_DISTANCES + 2 + n_actions
+
+
 Info = TypeVar("Info")
 
 
@@ -50,9 +52,7 @@ class BatchedDynamics:
     def __init__(self, n_rows: int, episode_steps: int, n_layouts: int | None, layout_order: str,
                  privileged_obs: bool = False) -> None:
         check_choice("layout_order", layout_order, LAYOUT_ORDERS)
-        if not isinstance(privileged_obs, (bool, np.bool_)):
-            raise ValueError(f"privileged_obs must be true or false, got {privileged_obs!r}")
-        self.privileged_obs = bool(privileged_obs)
+        self.privileged_obs = check_bool("privileged_obs", privileged_obs)
         self.n_rows = n_rows
         self.episode_steps = check_int("episode_steps", episode_steps, 1)
         self.n_layouts = n_layouts
@@ -188,7 +188,7 @@ class BatchedDynamics:
 
     def observe(self) -> np.ndarray:
         """[B, D] float32 fresh observations: task features, previous action one-hot, previous reward, time (and
-        the privileged distance)."""
+        the privileged values: distance to the goal, oracle action)."""
         obs = np.zeros((self.n_rows, self.obs_size), dtype=np.float32)
         flat = obs.reshape(-1)
         flat[self._action_slot + self.prev_action] = 1.0

@@ -213,6 +213,28 @@ def test_gridmaze_run_evaluates_on_user_drawn_layouts(tmp_path, capsys):
     assert rows["oracle"]["exploit_ratio"] == 1.0
 
 
+def test_a_curriculum_run_evaluates_at_the_size_asked_for(tmp_path, capsys, tiny_run):
+    config = TrainConfig(**{**TINY, "experiment": "maze", "env_id": "FWM/GridMaze-v0", "eval_split": "val",
+                            "env_kwargs": {"obs": "both", "split": "train", "curriculum": {"sizes": [3, 4]}},
+                            "total_timesteps": 40, "eval_freq": 40, "eval_episodes": 2})
+    rl.train(config, run_dir=tmp_path / "maze", progress_bar=False, quiet=True)
+    played = {}
+    for size in (None, 6):
+        argv = ["evaluate", str(tmp_path / "maze"), "--split", "test", "--episodes", "2", "--json",
+                "--no-progress-bar"] + ([] if size is None else ["--size", str(size)])
+        with pytest.raises(SystemExit) as exit_info:
+            main(argv)
+        assert exit_info.value.code == 0
+        played[size] = json.loads(capsys.readouterr().out)["env_kwargs"]
+    assert played[None]["curriculum"] == {"sizes": [3, 4]} and "size" not in played[None]  # the curriculum's largest
+    assert played[6]["size"] == 6 and "curriculum" not in played[6] and played[6]["split"] == "test"
+    assert gym.make("FWM/GridMaze-v0", **played[6]).unwrapped.dynamics.size == 6
+    with pytest.raises(SystemExit) as exit_info:  # GraphNav has no size: one line, no traceback
+        main(["evaluate", str(tiny_run), "--size", "5", "--episodes", "2", "--no-progress-bar"])
+    assert exit_info.value.code == 1
+    assert capsys.readouterr().err.startswith("fwm-rl: error: cannot make FWM/GraphNav-v0")
+
+
 def test_demo_quick_trains_fwm_and_lstm_evaluates_and_plots(tmp_path, capsys):
     result = run_demo(tmp_path / "demo", quick=True, seed=3)
     assert list(result["rows"]) == ["random", "oracle", "demo-fwm", "demo-lstm"]

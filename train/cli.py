@@ -30,6 +30,8 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--deterministic", action="store_true",
                         help="take the most likely action instead of sampling one")
     parser.add_argument("--device", default="auto", help="torch device [default: auto]")
+    parser.add_argument("--size", type=int, help="GridMaze: mazes of SIZE x SIZE cells [default: the run's; a "
+                                                 "curriculum run's largest]")
 
 
 def config_from_args(args: argparse.Namespace):
@@ -75,7 +77,8 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     report = evaluate(args.run, split=args.split, episodes=args.episodes, layouts=args.layouts, n_envs=args.n_envs,
                       seed=args.seed, deterministic=args.deterministic, best=args.best,
-                      with_references=not args.no_references, device=args.device, progress=args.progress_bar)
+                      with_references=not args.no_references, device=args.device, progress=args.progress_bar,
+                      size=args.size)
     if args.json_file is not None:
         write_json(args.json_file, _json_safe(report))
     if args.json:
@@ -169,7 +172,6 @@ def build_parser() -> argparse.ArgumentParser:
     watch.add_argument("model", metavar="RUN_DIR_OR_MODEL", help="run directory, or a model .zip inside one")
     watch.add_argument("--layout", metavar="FILE", help="a layout file (text format) to play on")
     watch.add_argument("--split", help="held-out split to draw the layout from [default: the run's eval_split]")
-    watch.add_argument("--size", type=int, help="GridMaze: mazes of SIZE x SIZE cells [default: the run's]")
     watch.add_argument("--out", default="episode.gif", help="GIF to write [default: episode.gif]")
     watch.add_argument("--fps", type=float, default=4.0, help="frames per second [default: 4]")
     _add_model_arguments(watch)

@@ -139,8 +139,9 @@ def add_scores(rows: dict[str, dict], reference_rows: dict[str, dict]) -> None:
 def evaluate(path: str | Path, split: str = "test", episodes: Optional[int] = None,
              layouts: Optional[list[str]] = None, n_envs: Optional[int] = None, seed: int = 0,
              deterministic: bool = False, best: bool = False, with_references: bool = True,
-             device: str = "auto", progress: bool = False) -> dict[str, Any]:
-    """Evaluate the model of a run directory (or a model file inside one) on a held-out split or on layout files.
+             device: str = "auto", progress: bool = False, size: Optional[int] = None) -> dict[str, Any]:
+    """Evaluate the model of a run directory (or a model file inside one) on a held-out split or on layout files;
+    ``size`` plays mazes of that many cells per side instead of the run's (GridMaze).
 
     Returns ``{"env_id", "env_kwargs", "model", "rows": {name: summary (+ score) + visit_curve}}`` with rows for
     the agent and, unless ``with_references`` is off, the random and oracle references on the same layouts.
@@ -156,7 +157,7 @@ def evaluate(path: str | Path, split: str = "test", episodes: Optional[int] = No
     if n_envs is not None and n_envs < 1:
         raise UserError(f"--n-envs must be >= 1, got {n_envs}")
     n_envs = min(n_envs or episodes, episodes, MAX_EVAL_ENVS)
-    env_kwargs = heldout_env_kwargs(config.env_id, config.env_kwargs, split=split, layouts=layouts)
+    env_kwargs = heldout_env_kwargs(config.env_id, config.env_kwargs, split=split, layouts=layouts, size=size)
     agent = load_agent(model_path, config.algo, device=device)
     vec_env = make_env(config.env_id, n_envs, seed=seed, **env_kwargs)
     try:

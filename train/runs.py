@@ -50,11 +50,12 @@ def make_env(env_id: str, n_envs: int, seed: Optional[int] = None, **env_kwargs:
 
 
 def heldout_env_kwargs(env_id: str, env_kwargs: dict[str, Any], split: Optional[str] = None,
-                       layouts: Optional[list[str]] = None) -> dict[str, Any]:
+                       layouts: Optional[list[str]] = None, size: Optional[int] = None) -> dict[str, Any]:
     """Env kwargs that play a held-out ``split`` (or the given layout files) in a fixed order: env i of n gets
     layouts i, i+n, ... so that n_envs = set size plays every layout once. An env class with a ``heldout_kwargs``
     classmethod (ours: :meth:`fwm_rl.envs.env.TaskEnv.heldout_kwargs`) says which training kwargs a split
-    replaces."""
+    replaces. ``size`` plays mazes of that many cells per side instead of the run's (GridMaze; without it a
+    curriculum run plays its largest size)."""
     kwargs = {key: value for key, value in env_kwargs.items() if key not in ("split", "layout", "layouts")}
     if layouts:
         kwargs["layouts"] = layouts[0] if len(layouts) == 1 else list(layouts)
@@ -62,6 +63,8 @@ def heldout_env_kwargs(env_id: str, env_kwargs: dict[str, Any], split: Optional[
         env_class = _env_class(env_id)
         kwargs = env_class.heldout_kwargs(kwargs, split) if hasattr(env_class, "heldout_kwargs") else {
             **kwargs, "split": split}
+    if size is not None:
+        kwargs = {key: value for key, value in kwargs.items() if key != "curriculum"} | {"size": size}
     kwargs["layout_order"] = "sequential"
     return kwargs
 

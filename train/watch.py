@@ -90,9 +90,8 @@ def watch(path: str | Path, out: str | Path, layout: Optional[str] = None, split
         raise UserError(f"no config.yaml beside {model_path}: watch a run directory made by `fwm-rl train`")
     if layout is not None and not Path(layout).exists():
         raise UserError(f"layout file not found: {layout}")
-    env_kwargs = heldout_env_kwargs(config.env_id, config.env_kwargs, split=split or config.eval_split or "test")
-    if size is not None:
-        env_kwargs = {key: value for key, value in env_kwargs.items() if key != "curriculum"} | {"size": size}
+    env_kwargs = heldout_env_kwargs(config.env_id, config.env_kwargs, split=split or config.eval_split or "test",
+                                    size=size)
     if layout is not None:
         env_kwargs = {key: value for key, value in env_kwargs.items() if key not in ("split", "layout_order")}
         env_kwargs["layout"] = layout

@@ -46,6 +46,7 @@ class BatchedDynamics:
     """
 
     n_actions: int
+    reference_policies: tuple[str, ...] = ("random", "oracle")  # the policies :func:`~fwm_rl.envs.run_reference` plays
     obs_low: np.ndarray
     obs_high: np.ndarray
 

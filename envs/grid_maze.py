@@ -66,6 +66,7 @@ class GridMazeDynamics(BatchedDynamics):
     filled when a lifetime starts, holds the tile after each (tile, action) (the same tile where a wall blocks)."""
 
     n_actions = 4
+    reference_policies = ("random", "oracle", "explorer")
 
     def __init__(self, n_rows: int, size: int | None = None, loops: float | None = None, obs: str = "view",
                  split: str = "train", layout: str | None = None, layouts: str | list | None = None,

@@ -1,4 +1,5 @@
-"""Scoring lifetimes and the reference policies (uniform random, full-knowledge oracle).
+"""Scoring lifetimes and the reference policies (uniform random, full-knowledge oracle, and on GridMaze the
+memory-perfect :class:`~fwm_rl.envs.explorer.MemoryExplorer`).
 
 :class:`EpisodeRecorder` turns the SB3 stream ``(rewards, dones, infos)`` into one :class:`EpisodeStats` per finished
 lifetime; :func:`run_reference` plays a reference policy through the same batched ``VecEnv`` an agent is evaluated
@@ -12,8 +13,9 @@ from typing import Any, Sequence
 import numpy as np
 
 from fwm_rl.envs.checks import check_choice, check_int
+from fwm_rl.envs.explorer import MemoryExplorer
 
-REFERENCE_POLICIES = ("random", "oracle")
+REFERENCE_POLICIES = ("random", "oracle", "explorer")
 
 
 @dataclass
@@ -80,7 +82,8 @@ class EpisodeRecorder:
 
 def run_reference(env_id: str, policy: str, n_episodes: int, seed: int = 0, n_envs: int | None = None,
                   **env_kwargs: Any) -> list[EpisodeStats]:
-    """Play ``policy`` ("random": uniform actions; "oracle": knows the layout and walks shortest paths) for
+    """Play ``policy`` ("random": uniform actions; "oracle": knows the layout and walks shortest paths;
+    "explorer", GridMaze only: remembers all it has seen, :class:`~fwm_rl.envs.explorer.MemoryExplorer`) for
     ``n_episodes`` lifetimes on ``make_vec_env(env_id, n_envs, seed=seed, **env_kwargs)``.
 
     ``n_envs`` defaults to ``min(n_episodes, 1024)``. Lifetimes are returned in the order they end (env order
@@ -92,16 +95,26 @@ def run_reference(env_id: str, policy: str, n_episodes: int, seed: int = 0, n_en
     n_episodes = check_int("n_episodes", n_episodes, 1)
     n_envs = min(n_episodes, 1024) if n_envs is None else n_envs
     vec_env = make_vec_env(env_id, n_envs, seed=seed, **env_kwargs)
+    dynamics = vec_env.venv.dynamics
+    if policy not in dynamics.reference_policies:
+        vec_env.close()
+        raise ValueError(f"{env_id} has no {policy!r} reference; allowed: {', '.join(dynamics.reference_policies)}")
+    explorer = MemoryExplorer(dynamics) if policy == "explorer" else None
     actions_rng = np.random.default_rng(seed)
     recorder = EpisodeRecorder(n_envs)
     vec_env.reset()
     stats: list[EpisodeStats] = []
     while len(stats) < n_episodes:
-        if policy == "oracle":
+        if explorer is not None:
+            explorer.observe()
+            actions = explorer.actions()
+        elif policy == "oracle":
             actions = vec_env.oracle_actions()
         else:
             actions = actions_rng.integers(vec_env.action_space.n, size=n_envs)
         _, rewards, dones, infos = vec_env.step(actions)
+        if explorer is not None:
+            explorer.forget(dones.nonzero()[0])
         stats += recorder.update(rewards, dones, infos)
     vec_env.close()
     return stats[:n_episodes]

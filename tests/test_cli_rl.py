@@ -211,6 +211,7 @@ def test_gridmaze_run_evaluates_on_user_drawn_layouts(tmp_path, capsys):
     rows = json.loads(capsys.readouterr().out)["rows"]
     assert rows["random"]["episodes"] == rows["oracle"]["episodes"] == rows["maze"]["episodes"] == 4
     assert rows["oracle"]["exploit_ratio"] == 1.0
+    assert rows["explorer"]["episodes"] == 4 and 0 < rows["explorer"]["score"] <= 1  # GridMaze's third reference
 
 
 def test_a_curriculum_run_evaluates_at_the_size_asked_for(tmp_path, capsys, tiny_run):

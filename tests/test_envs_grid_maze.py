@@ -244,3 +244,70 @@ def test_the_handdrawn_split_plays_every_layout_whatever_size_the_run_trained_on
     assert all(s.goals >= 10 for s in stats)  # 490-step lifetimes (10 x 7^2), as for a 7 x 7-cell maze
     env = gym.make("FWM/GridMaze-v0", split="test_handdrawn", obs="both")
     assert env.observation_space.shape == (18,) and env.unwrapped.dynamics.episode_steps == 490
+
+
+MOVES = ((-1, 0), (0, 1), (1, 0), (0, -1))  # up, right, down, left, as the env numbers its actions
+
+
+def naive_explorer_action(walls: np.ndarray, pos: tuple[int, int], seen: set, visited: set, goal) -> int:
+    """The explorer's rule, written out tile by tile: walk to the nearest goal candidate (or the known goal) over
+    tiles believed open (seen floor, or not seen), the lowest action on ties."""
+    h, w = walls.shape
+    inside = [(r, c) for r in range(h) for c in range(w)]
+    believed_open = {t for t in inside if t not in seen or not walls[t]}
+    targets = [goal] if goal is not None else [t for t in believed_open if t not in visited]
+    dist, queue = {t: 0 for t in targets}, deque(targets)
+    while queue:
+        r, c = queue.popleft()
+        for dr, dc in MOVES:
+            near = (r + dr, c + dc)
+            if near in believed_open and near not in dist:
+                dist[near] = dist[r, c] + 1
+                queue.append(near)
+    steps = [dist.get((pos[0] + dr, pos[1] + dc), np.inf) for dr, dc in MOVES]
+    return int(np.argmin(steps))
+
+
+@pytest.mark.parametrize("size, loops", [(3, 0.0), (4, 0.5)])
+def test_the_memory_explorer_acts_as_a_tile_by_tile_planner_on_what_it_has_seen(size, loops):
+    from fwm_rl.envs.explorer import MemoryExplorer
+
+    n = 6
+    vec_env = fwm_rl.envs.make_vec_env("FWM/GridMaze-v0", n, seed=3, size=size, loops=loops, obs="both",
+                                       episode_steps=45)
+    dynamics = vec_env.venv.dynamics
+    explorer = MemoryExplorer(dynamics)
+    vec_env.reset()
+    seen, visited, goal = [set() for _ in range(n)], [set() for _ in range(n)], [None] * n
+    goals = 0
+    for _ in range(2 * 45):  # two lifetimes per env, through the autoreset
+        explorer.observe()
+        expected = []
+        for row in range(n):
+            walls, (r, c) = dynamics.grid(row), tuple(dynamics.positions()[row].tolist())
+            seen[row] |= {(r + dr, c + dc) for dr in (-1, 0, 1) for dc in (-1, 0, 1)}
+            visited[row].add((r, c))
+            expected.append(naive_explorer_action(walls, (r, c), seen[row], visited[row], goal[row]))
+        actions = explorer.actions()
+        assert actions.tolist() == expected
+        before = dynamics.positions().copy()
+        _, rewards, dones, _ = vec_env.step(actions)
+        explorer.forget(dones.nonzero()[0])
+        for row in range(n):
+            if rewards[row] > 0:  # the tile it stepped onto was the goal (then it was teleported)
+                goals += 1
+                goal[row] = tuple((before[row] + MOVES[actions[row]]).tolist())
+            if dones[row]:
+                seen[row], visited[row], goal[row] = set(), set(), None
+    assert goals >= 4 * n  # it finds the goal and walks back to it
+
+
+def test_the_memory_explorer_scores_between_random_and_oracle_and_is_refused_where_it_cannot_play():
+    kwargs = dict(split="test", size=5, obs="both", layout_order="sequential")
+    returns = {policy: np.mean([s.episode_return for s in fwm_rl.envs.run_reference(
+        "FWM/GridMaze-v0", policy, 40, n_envs=40, **kwargs)]) for policy in ("random", "oracle", "explorer")}
+    assert returns["random"] + 10 < returns["explorer"] < returns["oracle"]
+    with pytest.raises(ValueError, match="needs obs='view' or 'both'"):
+        fwm_rl.envs.run_reference("FWM/GridMaze-v0", "explorer", 2, size=3, obs="position")
+    with pytest.raises(ValueError, match="FWM/GraphNav-v0 has no 'explorer' reference; allowed: random, oracle"):
+        fwm_rl.envs.run_reference("FWM/GraphNav-v0", "explorer", 2)

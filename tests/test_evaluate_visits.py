@@ -82,7 +82,7 @@ def test_evaluate_reports_per_visit_curves_beside_the_old_keys_and_plot_draws_th
         main(["evaluate", str(maze_run), "--episodes", "8", "--json-file", str(report_path), "--no-progress-bar"])
     assert exit_info.value.code == 0
     rows = json.loads(report_path.read_text())["rows"]
-    assert set(rows) == {"random", "oracle", "maze"}
+    assert set(rows) == {"random", "oracle", "explorer", "maze"}
     old_keys = {"episodes", "return_mean", "return_ci95", "goals", "steps_to_first_goal", "first_goal_rate",
                 "exploit_ratio", "score"}
     for row in rows.values():

@@ -1,6 +1,6 @@
 """Evaluation on held-out layouts: play a fixed set of episodes, summarise them (mean return with a 95% interval,
 goals, steps to the first goal, exploit ratio, the per-visit curve) and score them against the random and oracle
-references."""
+references (GridMaze also plays the memory-perfect explorer beside them)."""
 from __future__ import annotations
 
 import math
@@ -11,7 +11,8 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from fwm_rl.train.errors import UserError
-from fwm_rl.train.runs import check_device_option, find_model, heldout_env_kwargs, load_agent, make_env, seeded_rng
+from fwm_rl.train.runs import (check_device_option, find_model, heldout_env_kwargs, load_agent, make_env,
+                               registered_class, seeded_rng)
 
 MAX_EVAL_ENVS = 1000
 _Z95 = 1.959963984540054
@@ -114,13 +115,19 @@ def run_episodes(agent, vec_env, n_episodes: int, seed: int = 0, deterministic: 
     return [stats for _, _, stats in sorted(finished, key=lambda item: item[:2])]
 
 
-def reference_episodes(env_id: str, env_kwargs: dict[str, Any], n_episodes: int, n_envs: int,
-                       seed: int = 0) -> dict[str, list[Any]]:
-    """Episodes of the random and the oracle policy on the same layouts, in the same order, as ``run_episodes``."""
+def reference_episodes(env_id: str, env_kwargs: dict[str, Any], n_episodes: int, n_envs: int, seed: int = 0,
+                       policies: Sequence[str] = ("random", "oracle")) -> dict[str, list[Any]]:
+    """Episodes of the reference ``policies`` on the same layouts, in the same order, as ``run_episodes``."""
     from fwm_rl.envs import run_reference
 
     return {policy: run_reference(env_id, policy=policy, n_episodes=n_episodes, seed=seed, n_envs=n_envs, **env_kwargs)
-            for policy in ("random", "oracle")}
+            for policy in policies}
+
+
+def all_reference_policies(env_id: str) -> tuple[str, ...]:
+    """Every reference policy the env plays (random and oracle; GridMaze adds the memory-perfect explorer)."""
+    dynamics_class = getattr(registered_class(env_id), "dynamics_class", None)
+    return getattr(dynamics_class, "reference_policies", ("random", "oracle"))
 
 
 def references(env_id: str, env_kwargs: dict[str, Any], n_episodes: int, n_envs: int, seed: int = 0) -> dict[str, dict]:
@@ -144,7 +151,8 @@ def evaluate(path: str | Path, split: str = "test", episodes: Optional[int] = No
     ``size`` plays mazes of that many cells per side instead of the run's (GridMaze).
 
     Returns ``{"env_id", "env_kwargs", "model", "rows": {name: summary (+ score) + visit_curve}}`` with rows for
-    the agent and, unless ``with_references`` is off, the random and oracle references on the same layouts.
+    the agent and, unless ``with_references`` is off, the references on the same layouts (random, oracle and, on
+    GridMaze, the memory-perfect explorer; scores stay normalised by random and oracle).
     ``progress`` shows a bar of the agent's episodes (and env steps) on stderr.
     """
     check_device_option(device)
@@ -165,7 +173,8 @@ def evaluate(path: str | Path, split: str = "test", episodes: Optional[int] = No
     finally:
         vec_env.close()
     if with_references:
-        played = {**reference_episodes(config.env_id, env_kwargs, episodes, n_envs, seed), **played}
+        policies = all_reference_policies(config.env_id)
+        played = {**reference_episodes(config.env_id, env_kwargs, episodes, n_envs, seed, policies), **played}
     rows = {name: {**summarize(stats), **visit_curve(stats)} for name, stats in played.items()}
     if with_references:
         add_scores(rows, rows)

@@ -15,7 +15,7 @@ DEFAULT_METRICS = ("return", "accuracy", "loss", "perplexity")
 # Column prefixes: what the model trained on, and the held-out splits it was evaluated on.
 TRAIN_PREFIX = "train"
 LINESTYLES = {"train": ":", "val": "--"}  # any other held-out split ("test", OOD names) is drawn solid
-REFERENCE_STYLES = {"random": "-.", "oracle": "-"}  # reference rows of an evaluation report, drawn grey
+REFERENCE_STYLES = {"random": "-.", "oracle": "-", "explorer": ":"}  # reference rows of an evaluation report, drawn grey
 MIN_VISIT_SHARE = 0.1  # a visit is drawn while at least this share of a row's lifetimes completed it
 
 

@@ -32,7 +32,7 @@ from fwm_rl.train.plots import read_metrics
 from fwm_rl.train.sweep import DONE, read_manifest
 
 CONFIDENCE = 0.95
-REFERENCE_ROWS = ("random", "oracle")
+REFERENCE_ROWS = ("random", "oracle", "explorer")
 NOT_HELDOUT = ("train", "rollout", "time")  # metrics.csv prefixes that are not a held-out split
 
 

@@ -60,7 +60,7 @@ def heldout_env_kwargs(env_id: str, env_kwargs: dict[str, Any], split: Optional[
     if layouts:
         kwargs["layouts"] = layouts[0] if len(layouts) == 1 else list(layouts)
     elif split is not None:
-        env_class = _env_class(env_id)
+        env_class = registered_class(env_id)
         kwargs = env_class.heldout_kwargs(kwargs, split) if hasattr(env_class, "heldout_kwargs") else {
             **kwargs, "split": split}
     if size is not None:
@@ -69,7 +69,7 @@ def heldout_env_kwargs(env_id: str, env_kwargs: dict[str, Any], split: Optional[
     return kwargs
 
 
-def _env_class(env_id: str) -> Any:
+def registered_class(env_id: str) -> Any:
     """The class (or creator) a registered Gymnasium id makes; UserError for an unknown id."""
     import gymnasium
     from gymnasium.envs.registration import load_env_creator

@@ -11,6 +11,7 @@ from typing import Any
 import gymnasium
 
 from fwm_rl.envs.dynamics import privileged_size
+from fwm_rl.envs.explorer import MemoryExplorer
 from fwm_rl.envs.graph_nav import GraphNavEnv, GraphNavVectorEnv
 from fwm_rl.envs.grid_maze import GridMazeEnv, GridMazeVectorEnv
 from fwm_rl.envs.layouts import Layout, layout_id, load_layouts, parse_layout
@@ -18,7 +19,7 @@ from fwm_rl.envs.reference import EpisodeRecorder, EpisodeStats, run_reference
 
 __all__ = ["GraphNavEnv", "GraphNavVectorEnv", "GridMazeEnv", "GridMazeVectorEnv", "Layout", "layout_id",
            "load_layouts", "parse_layout", "EpisodeRecorder", "EpisodeStats", "run_reference", "make_vec_env",
-           "privileged_size"]
+           "privileged_size", "MemoryExplorer"]
 
 for _env, _vector_env in ((GraphNavEnv, GraphNavVectorEnv), (GridMazeEnv, GridMazeVectorEnv)):
     if _env.env_id not in gymnasium.registry:

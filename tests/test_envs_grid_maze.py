@@ -270,13 +270,11 @@ def naive_explorer_action(walls: np.ndarray, pos: tuple[int, int], seen: set, vi
 
 @pytest.mark.parametrize("size, loops", [(3, 0.0), (4, 0.5)])
 def test_the_memory_explorer_acts_as_a_tile_by_tile_planner_on_what_it_has_seen(size, loops):
-    from fwm_rl.envs.explorer import MemoryExplorer
-
     n = 6
     vec_env = fwm_rl.envs.make_vec_env("FWM/GridMaze-v0", n, seed=3, size=size, loops=loops, obs="both",
                                        episode_steps=45)
     dynamics = vec_env.venv.dynamics
-    explorer = MemoryExplorer(dynamics)
+    explorer = fwm_rl.envs.MemoryExplorer(dynamics)
     vec_env.reset()
     seen, visited, goal = [set() for _ in range(n)], [set() for _ in range(n)], [None] * n
     goals = 0

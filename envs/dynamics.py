@@ -120,6 +120,11 @@ class BatchedDynamics:
         """[B] actions of a full-knowledge agent walking a shortest path to the goal."""
         raise NotImplementedError
 
+    def privileged_actions(self) -> np.ndarray:
+        """[B] the actions whose one-hot ends the privileged values: :meth:`oracle_actions` unless a task offers
+        another teacher."""
+        return self.oracle_actions()
+
     def positions(self) -> np.ndarray:
         """[B] or [B, 2] int positions of all rows (privileged: for probes, never observed)."""
         raise NotImplementedError
@@ -200,7 +205,7 @@ class BatchedDynamics:
             distance_slot = self._obs_start + (self._time_col + 1)
             flat[distance_slot + np.minimum(self.shortest, PRIVILEGED_DISTANCES)] = 1.0
             np.minimum(self.shortest / self.episode_steps, 1.0, out=obs[:, self._time_col + PRIVILEGED_DISTANCES + 2])
-            flat[distance_slot + (PRIVILEGED_DISTANCES + 2) + self.oracle_actions()] = 1.0
+            flat[distance_slot + (PRIVILEGED_DISTANCES + 2) + self.privileged_actions()] = 1.0
         return obs
 
     # ----------------------------------------------------------------------------------------------------- info

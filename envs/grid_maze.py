@@ -24,6 +24,11 @@ layouts (:func:`fwm_rl.envs.mazes.handdrawn_layouts`; size and loops do not appl
 
 Lifetimes default to 10 size^2 steps, scaled to the maze. ``curriculum=`` (:mod:`fwm_rl.envs.curriculum`) makes a
 train env move through a ladder of sizes; its held-out splits play the largest size.
+
+``privileged_obs=True`` appends the privileged values of :mod:`fwm_rl.envs.dynamics` (training aids the actor never
+sees); they end with the one-hot of the oracle's action, or with ``privileged_action="explorer"`` of the
+memory-perfect explorer's (:mod:`fwm_rl.envs.explorer`), which, unlike the oracle's before the first goal, follows
+from what the agent has seen.
 """
 from __future__ import annotations
 
@@ -33,6 +38,7 @@ from fwm_rl.envs.checks import check_choice, check_fraction, check_int
 from fwm_rl.envs.curriculum import SizeCurriculum
 from fwm_rl.envs.dynamics import BatchedDynamics
 from fwm_rl.envs.env import TaskEnv, TaskVectorEnv
+from fwm_rl.envs.explorer import MemoryExplorer
 from fwm_rl.envs.layouts import Layout, SPLIT_BUCKETS, grid_distances, load_layouts
 from fwm_rl.envs.mazes import HANDDRAWN_SPLIT, OOD_SPLITS, generate_split, handdrawn_layouts, split_layouts
 from fwm_rl.envs.render import grid_ansi, grid_frame
@@ -40,6 +46,7 @@ from fwm_rl.envs.streams import draw_index
 
 ENV_ID = "FWM/GridMaze-v0"
 OBS_MODES = ("view", "position", "both")
+PRIVILEGED_ACTIONS = ("oracle", "explorer")  # whose action the privileged values end with
 GRID_SPLITS = tuple(SPLIT_BUCKETS) + tuple(OOD_SPLITS) + (HANDDRAWN_SPLIT,)
 DEFAULT_SIZE = 7
 MAX_SIZE = 25  # generating 256 mazes of 25 x 25 cells takes seconds; the cost grows as size^4
@@ -67,13 +74,18 @@ class GridMazeDynamics(BatchedDynamics):
 
     n_actions = 4
     reference_policies = ("random", "oracle", "explorer")
+    explorer: MemoryExplorer | None = None  # the privileged action's teacher; None (the oracle) in older pickles
 
     def __init__(self, n_rows: int, size: int | None = None, loops: float | None = None, obs: str = "view",
                  split: str = "train", layout: str | None = None, layouts: str | list | None = None,
                  episode_steps: int | None = None, view_radius: int = 1, layout_order: str = "random",
                  position_scale: int | None = None, curriculum: dict | list | SizeCurriculum | None = None,
-                 privileged_obs: bool = False) -> None:
+                 privileged_obs: bool = False, privileged_action: str = "oracle") -> None:
         check_choice("obs", obs, OBS_MODES)
+        check_choice("privileged_action", privileged_action, PRIVILEGED_ACTIONS)
+        if privileged_action != "oracle" and not privileged_obs:
+            raise ValueError(f"privileged_action={privileged_action!r} sets a privileged value: it needs "
+                             f"privileged_obs=True")
         check_choice("split", split, GRID_SPLITS)
         self.view_radius = check_int("view_radius", view_radius, 1, MAX_VIEW_RADIUS)
         self.position_scale = (None if position_scale is None
@@ -146,6 +158,7 @@ class GridMazeDynamics(BatchedDynamics):
         if obs != "view" and self.position_scale is not None:
             v = self._view_size
             self.obs_high[v:v + 2] = (np.array([self.height, self.width]) - 1) / self.position_scale
+        self.explorer = MemoryExplorer(self) if privileged_action == "explorer" else None
 
     # ------------------------------------------------------------------------------------------------ geometry
     def _link_views(self) -> None:
@@ -225,6 +238,9 @@ class GridMazeDynamics(BatchedDynamics):
         self.pos[rows] = np.where(fixed_start >= 0, fixed_start, self.pos[rows])
         dist = grid_distances(self.walls[rows].reshape(len(rows), -1, self.padded_width), self.goal[rows])
         self.dist[rows] = np.where(dist < 0, _FAR, dist).reshape(len(rows), -1)
+        if self.explorer is not None:
+            self.explorer.forget(rows)
+            self.explorer.observe()
 
     def _place_off_goal(self, rows: np.ndarray, u: np.ndarray) -> None:
         """Put the agent of each row on a uniform floor tile other than the goal."""
@@ -238,6 +254,8 @@ class GridMazeDynamics(BatchedDynamics):
         rows = hit.nonzero()[0]
         if rows.size:
             self._place_off_goal(rows, self.streams.uniform(rows)[:, 0])
+        if self.explorer is not None:
+            self.explorer.observe()
         return hit.astype(np.float32), hit, rows
 
     def shortest_path(self) -> np.ndarray:
@@ -253,6 +271,9 @@ class GridMazeDynamics(BatchedDynamics):
 
     def oracle_actions(self) -> np.ndarray:
         return np.argmin(self.dist[self.rows[:, None], self.pos[:, None] + self._moves], axis=1)
+
+    def privileged_actions(self) -> np.ndarray:
+        return self.oracle_actions() if self.explorer is None else self.explorer.actions()
 
 
 class GridMazeEnv(TaskEnv):

@@ -309,3 +309,27 @@ def test_the_memory_explorer_scores_between_random_and_oracle_and_is_refused_whe
         fwm_rl.envs.run_reference("FWM/GridMaze-v0", "explorer", 2, size=3, obs="position")
     with pytest.raises(ValueError, match="FWM/GraphNav-v0 has no 'explorer' reference; allowed: random, oracle"):
         fwm_rl.envs.run_reference("FWM/GraphNav-v0", "explorer", 2)
+
+
+def test_the_privileged_action_can_be_the_explorers_and_follows_it_through_goals_and_autoresets():
+    kwargs = dict(size=3, obs="both", episode_steps=30, privileged_obs=True)
+    vec_env = fwm_rl.envs.make_vec_env("FWM/GridMaze-v0", 5, seed=1, privileged_action="explorer", **kwargs)
+    plain = fwm_rl.envs.make_vec_env("FWM/GridMaze-v0", 5, seed=1, **kwargs)
+    teacher = fwm_rl.envs.MemoryExplorer(vec_env.venv.dynamics)  # driven from outside, as run_reference does
+    obs, plain_obs = vec_env.reset(), plain.reset()
+    rng, goals = np.random.default_rng(0), 0
+    for _ in range(70):
+        teacher.observe()
+        n_actions = vec_env.action_space.n
+        assert obs[:, -n_actions:].argmax(1).tolist() == teacher.actions().tolist()
+        np.testing.assert_array_equal(obs[:, :-n_actions], plain_obs[:, :-n_actions])  # the rest as with the oracle
+        actions = np.where(rng.random(5) < 0.5, teacher.actions(), rng.integers(n_actions, size=5))
+        (obs, rewards, dones, _), (plain_obs, *_) = vec_env.step(actions), plain.step(actions)
+        teacher.forget(dones.nonzero()[0])
+        goals += int(rewards.sum())
+    assert goals > 0 and obs[:, -n_actions:].sum(1).tolist() == [1.0] * 5
+    with pytest.raises(ValueError, match="privileged_action='explorer' sets a privileged value: it needs "
+                                         "privileged_obs=True"):
+        gym.make("FWM/GridMaze-v0", privileged_action="explorer")
+    with pytest.raises(ValueError, match="privileged_action"):
+        gym.make("FWM/GridMaze-v0", privileged_obs=True, privileged_action="teacher")

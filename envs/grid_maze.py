@@ -279,7 +279,7 @@ class GridMazeDynamics(BatchedDynamics):
 class GridMazeEnv(TaskEnv):
     """``FWM/GridMaze-v0`` (single env). Kwargs: size, loops, obs, split, layout, layouts, episode_steps,
     view_radius, layout_order, position_scale, curriculum, privileged_obs (see
-    :class:`~fwm_rl.envs.dynamics.BatchedDynamics`)."""
+    :class:`~fwm_rl.envs.dynamics.BatchedDynamics`), privileged_action (see the module docstring)."""
 
     env_id = ENV_ID
     dynamics_class = GridMazeDynamics

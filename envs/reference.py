@@ -12,10 +12,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from fwm_rl.envs.checks import check_choice, check_int
+from fwm_rl.envs.checks import check_int
 from fwm_rl.envs.explorer import MemoryExplorer
-
-REFERENCE_POLICIES = ("random", "oracle", "explorer")
 
 
 @dataclass
@@ -91,7 +89,6 @@ def run_reference(env_id: str, policy: str, n_episodes: int, seed: int = 0, n_en
     """
     from fwm_rl.envs.sb3_vec import make_vec_env
 
-    check_choice("policy", policy, REFERENCE_POLICIES)
     n_episodes = check_int("n_episodes", n_episodes, 1)
     n_envs = min(n_episodes, 1024) if n_envs is None else n_envs
     vec_env = make_vec_env(env_id, n_envs, seed=seed, **env_kwargs)

@@ -113,6 +113,10 @@ class CorePolicy(ActorCriticPolicy):
         that knows the layout (:meth:`oracle_action_loss`; ``oracle_coef`` weights it), read from the last
         ``action_space.n`` privileged values (an env's ``privileged_obs``): a dense, supervised signal that trains
         the memory to hold the layout and plan on it. Only training reads it; acting never does
+    :param imitate_privileged_action: compute :meth:`imitation_loss`, the cross-entropy of the policy itself
+        against the same privileged action (``imitation_coef`` weights it): behaviour cloning of a teacher on the
+        states the agent visits (DAgger's data). With an env's ``privileged_action="explorer"`` the teacher is a
+        memory-perfect explorer, whose every action follows from the history the agent has seen
     :param privileged_features: the last this many values of a flat observation are privileged (an env's
         ``privileged_obs``, e.g. the distance to the goal): only the critic reads them, so the actor, ``predict``
         and exports never depend on them (an asymmetric critic). A core critic reads them with the rest of the
@@ -136,6 +140,7 @@ class CorePolicy(ActorCriticPolicy):
         net_arch: Optional[Union[list[int], dict[str, list[int]]]] = None,
         predict_next_obs: bool = False,
         predict_oracle_action: bool = False,
+        imitate_privileged_action: bool = False,
         privileged_features: int = 0,
         activation_fn: type[nn.Module] = nn.Tanh,
         ortho_init: bool = True,
@@ -166,11 +171,13 @@ class CorePolicy(ActorCriticPolicy):
         self.privileged_features = _check_privileged(name, privileged_features, observation_space,
                                                      features_extractor_class)
         self.predict_oracle_action = predict_oracle_action
-        if predict_oracle_action and not (isinstance(action_space, spaces.Discrete) and
-                                          self.privileged_features >= action_space.n):
-            raise ValueError(f"{name}: predict_oracle_action needs a Discrete action space and the oracle's action "
-                             f"one-hot among the privileged features (an env's privileged_obs), got {action_space} "
-                             f"and privileged_features={self.privileged_features}")
+        self.imitate_privileged_action = imitate_privileged_action
+        for flag in ("predict_oracle_action", "imitate_privileged_action"):
+            if getattr(self, flag) and not (isinstance(action_space, spaces.Discrete) and
+                                            self.privileged_features >= action_space.n):
+                raise ValueError(f"{name}: {flag} needs a Discrete action space and the oracle's action one-hot "
+                                 f"among the privileged features (an env's privileged_obs), got {action_space} and "
+                                 f"privileged_features={self.privileged_features}")
         optimizer_kwargs = dict(optimizer_kwargs or {})
         if not {"fused", "foreach"} & set(optimizer_kwargs) and "fused" in inspect.signature(optimizer_class).parameters:
             optimizer_kwargs["fused"] = True
@@ -243,6 +250,7 @@ class CorePolicy(ActorCriticPolicy):
             critic=self.critic_mode,
             predict_next_obs=self.predict_next_obs,
             predict_oracle_action=self.predict_oracle_action,
+            imitate_privileged_action=self.imitate_privileged_action,
             privileged_features=self.privileged_features,
             share_features_extractor=self.share_features_extractor,
         )
@@ -328,8 +336,8 @@ class CorePolicy(ActorCriticPolicy):
     def evaluate_trajectories(
         self, obs: PyTorchObs, actions: Tensor, states: ActorCriticStates, episode_starts: Tensor
     ) -> TrajectoryEvaluation:
-        """:meth:`evaluate_actions` and the losses of the auxiliary heads the policy has (:meth:`next_obs_loss`,
-        :meth:`oracle_action_loss`), from one core pass."""
+        """:meth:`evaluate_actions` and the auxiliary losses the policy has (:meth:`next_obs_loss`,
+        :meth:`oracle_action_loss`, :meth:`imitation_loss`), from one core pass."""
         T, B = episode_starts.shape
         latents = self._latents(obs, states, episode_starts)
         distribution = self._get_action_dist_from_latent(latents.pi)
@@ -342,6 +350,8 @@ class CorePolicy(ActorCriticPolicy):
             aux_losses["next_obs"] = self.next_obs_loss(obs, actions, actor_output, episode_starts)
         if self.oracle_net is not None:
             aux_losses["oracle_action"] = self.oracle_action_loss(obs, actor_output)
+        if self.imitate_privileged_action:
+            aux_losses["imitation"] = self.imitation_loss(obs, distribution)
         return TrajectoryEvaluation(values, log_prob, None if entropy is None else entropy.view(T, B), aux_losses)
 
     def next_obs_loss(self, obs: PyTorchObs, actions: Tensor, actor_output: Tensor, episode_starts: Tensor) -> Tensor:
@@ -365,6 +375,12 @@ class CorePolicy(ActorCriticPolicy):
         oracle_actions = obs[..., -int(self.action_space.n):].argmax(dim=-1)  # [T, B]
         logits = self.oracle_net(actor_output)  # [T, B, A]
         return nn.functional.cross_entropy(logits.flatten(0, 1), oracle_actions.flatten())
+
+    def imitation_loss(self, obs: Tensor, distribution: Distribution) -> Tensor:
+        """Mean of ``-log pi(a*)`` over the ``T * B`` time-major rows of ``distribution``, where ``a*`` is the
+        privileged action: the one-hot in the last ``action_space.n`` values of ``obs [T, B, D]``."""
+        teacher_actions = obs[..., -int(self.action_space.n):].argmax(dim=-1)  # [T, B]
+        return -distribution.log_prob(teacher_actions.flatten()).mean()
 
     def predict_values(  # type: ignore[override]
         self, obs: PyTorchObs, states: ActorCriticStates, episode_starts: Tensor

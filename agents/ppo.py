@@ -61,14 +61,15 @@ SelfRecurrentPPO = TypeVar("SelfRecurrentPPO", bound="RecurrentPPO")
 # Each auxiliary loss of CorePolicy.evaluate_trajectories -> (the algorithm's weight for it, the policy flag that
 # builds its head).
 AUX_LOSSES = {"next_obs": ("next_obs_coef", "predict_next_obs"),
-              "oracle_action": ("oracle_coef", "predict_oracle_action")}
+              "oracle_action": ("oracle_coef", "predict_oracle_action"),
+              "imitation": ("imitation_coef", "imitate_privileged_action")}
 
 
 class RecurrentPPO(OnPolicyAlgorithm):
     """PPO (clip) for recurrent policies with any ``fwm_rl`` core, trained on whole env-trajectories.
 
-    Same arguments as ``sb3_contrib.RecurrentPPO`` plus ``timeout_bootstrap``, ``next_obs_coef`` and ``oracle_coef``,
-    with these differences:
+    Same arguments as ``sb3_contrib.RecurrentPPO`` plus ``timeout_bootstrap``, ``next_obs_coef``, ``oracle_coef`` and
+    ``imitation_coef``, with these differences:
 
     * ``batch_size`` counts transitions as in SB3, but a minibatch holds whole env-trajectories, so it must be a
       multiple of ``n_steps`` (``batch_size / n_steps`` envs per minibatch); the default, ``None``, puts all envs in
@@ -86,6 +87,10 @@ class RecurrentPPO(OnPolicyAlgorithm):
     :param oracle_coef: weight of the policy's oracle-action loss (:meth:`CorePolicy.oracle_action_loss`); above 0
         the policy is built with ``predict_oracle_action=True``, which needs an env with ``privileged_obs`` and
         ``privileged_features`` in ``policy_kwargs``. 0 (the default) is plain PPO
+    :param imitation_coef: weight of the policy's imitation loss (:meth:`CorePolicy.imitation_loss`: the policy's
+        cross-entropy against the env's privileged action, the oracle's or the explorer's); above 0 the policy is
+        built with ``imitate_privileged_action=True``, with the same needs as ``oracle_coef``. 0 (the default) is
+        plain PPO
 
     See ``sb3_contrib.RecurrentPPO`` for the other parameters.
     """
@@ -122,6 +127,7 @@ class RecurrentPPO(OnPolicyAlgorithm):
         timeout_bootstrap: bool = True,
         next_obs_coef: float = 0.0,
         oracle_coef: float = 0.0,
+        imitation_coef: float = 0.0,
         stats_window_size: int = 100,
         tensorboard_log: Optional[str] = None,
         policy_kwargs: Optional[dict[str, Any]] = None,
@@ -135,7 +141,7 @@ class RecurrentPPO(OnPolicyAlgorithm):
             ent_coef=ent_coef, vf_coef=vf_coef, max_grad_norm=max_grad_norm, batch_size=batch_size,
             n_epochs=n_epochs, clip_range=clip_range, clip_range_vf=clip_range_vf, target_kl=target_kl,
         )
-        for (coef_name, head), coef in zip(AUX_LOSSES.values(), (next_obs_coef, oracle_coef)):
+        for (coef_name, head), coef in zip(AUX_LOSSES.values(), (next_obs_coef, oracle_coef, imitation_coef)):
             check_in_range(type(self).__name__, coef_name, coef, 0.0, math.inf, high_open=True)
             if coef > 0:
                 if (policy_kwargs or {}).get(head) is False:
@@ -172,6 +178,7 @@ class RecurrentPPO(OnPolicyAlgorithm):
         self.timeout_bootstrap = timeout_bootstrap
         self.next_obs_coef = next_obs_coef
         self.oracle_coef = oracle_coef
+        self.imitation_coef = imitation_coef
         self._last_core_states: Optional[ActorCriticStates] = None
         self.last_env_step: Optional[EnvStep] = None  # for callbacks: read it in on_step, instead of self.locals
         self.data_parallel: DataParallel = SINGLE_PROCESS

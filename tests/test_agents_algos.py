@@ -218,7 +218,8 @@ def test_save_plus_runtime_state_continues_learning_bit_identically(algo, tmp_pa
 
 
 PRIVILEGED_FWM = {**SMALL_FWM, "privileged_features": privileged_size(3)}
-AUX = [("next_obs_coef", "next_obs_net", "next_obs"), ("oracle_coef", "oracle_net", "oracle_action")]
+AUX = [("next_obs_coef", "next_obs_net", "next_obs"), ("oracle_coef", "oracle_net", "oracle_action"),
+       ("imitation_coef", "imitate_privileged_action", "imitation")]
 
 
 @pytest.mark.parametrize("coef, head, loss", AUX)
@@ -226,7 +227,8 @@ AUX = [("next_obs_coef", "next_obs_net", "next_obs"), ("oracle_coef", "oracle_ne
 def test_an_auxiliary_coef_adds_its_head_logs_its_loss_and_survives_save_load(algo, coef, head, loss, tmp_path):
     model = algo("MlpFwmPolicy", graph_env(privileged_obs=True), n_steps=12, policy_kwargs=PRIVILEGED_FWM,
                  seed=0, **{coef: 0.5})
-    assert getattr(model.policy, head) is not None and [n for n, c in model.aux_coefs.items() if c > 0] == [loss]
+    assert getattr(model.policy, head) not in (None, False)
+    assert [n for n, c in model.aux_coefs.items() if c > 0] == [loss]
     model.set_logger(configure(str(tmp_path / "log"), ["csv"]))
     model.learn(96, log_interval=1)
     with open(tmp_path / "log" / "progress.csv") as f:
@@ -234,12 +236,11 @@ def test_an_auxiliary_coef_adds_its_head_logs_its_loss_and_survives_save_load(al
     assert np.isfinite(float(rows[-1][f"train/{loss}_loss"]))
     model.save(tmp_path / "model.zip")
     loaded = algo.load(tmp_path / "model.zip")
-    assert getattr(loaded, coef) == 0.5 and getattr(loaded.policy, head) is not None
-    for a, b in zip(getattr(model.policy, head).parameters(), getattr(loaded.policy, head).parameters()):
-        th.testing.assert_close(a, b, rtol=0, atol=0)
+    assert getattr(loaded, coef) == 0.5 and getattr(loaded.policy, head) not in (None, False)
+    th.testing.assert_close(loaded.policy.state_dict(), model.policy.state_dict(), rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("coef", ["next_obs_coef", "oracle_coef"])
+@pytest.mark.parametrize("coef", ["next_obs_coef", "oracle_coef", "imitation_coef"])
 def test_an_auxiliary_coef_of_zero_is_plain_ppo_bit_for_bit(coef):
     def trained(**kwargs):
         model = RecurrentPPO("MlpFwmPolicy", graph_env(privileged_obs=True), n_steps=12, batch_size=24, n_epochs=2,
@@ -259,6 +260,8 @@ def test_an_auxiliary_coef_of_zero_is_plain_ppo_bit_for_bit(coef):
     (dict(oracle_coef=1.0, policy_kwargs={**SMALL_FWM, "predict_oracle_action": False}), "predict_oracle_action"),
     (dict(oracle_coef=1.0), "predict_oracle_action needs a Discrete action space and the oracle's action one-hot "
                             r"among the privileged features \(an env's privileged_obs\)"),
+    (dict(imitation_coef=-1.0), "imitation_coef"),
+    (dict(imitation_coef=1.0), "imitate_privileged_action needs a Discrete action space"),
 ])
 def test_bad_auxiliary_settings_raise_one_line_errors(kwargs, message):
     kwargs = {"policy_kwargs": SMALL_FWM, **kwargs}
@@ -362,8 +365,9 @@ CHUNK = 32 * 12 * 10  # env steps between evaluations
 
 @pytest.mark.parametrize(
     "algo, kwargs, critic, max_chunks",
-    [  # at seed 0: PPO (default shared critic) reaches 0.8 after 1 chunk, A2C (joint critic) after 9-11
-        (RecurrentPPO, dict(n_steps=12, batch_size=12 * 8, n_epochs=4, learning_rate=3e-3), "shared", 5),
+    [  # at seed 0: PPO (default shared critic) reaches 0.8 after 1 chunk on some machines and needs more than 5
+        # on others (an AMD EPYC, 2026-12-02), A2C (joint critic) after 9-11
+        (RecurrentPPO, dict(n_steps=12, batch_size=12 * 8, n_epochs=4, learning_rate=3e-3), "shared", 12),
         (RecurrentA2C, dict(n_steps=12, learning_rate=3e-3, use_rms_prop=False, normalize_advantage=True), "joint",
          30),
     ],

@@ -169,6 +169,27 @@ def test_oracle_action_loss_matches_a_step_by_step_cross_entropy_and_trains_the_
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in policy.actor_core.parameters())
 
 
+def test_imitation_loss_is_the_policys_step_by_step_cross_entropy_against_the_privileged_action():
+    env = make_vec_env("FWM/GraphNav-v0", 3, seed=0, **GRAPH, privileged_obs=True)
+    th.manual_seed(0)
+    policy = make_policy(env, critic="shared", privileged_features=privileged_size(3), imitate_privileged_action=True)
+    obs, actions, starts = rollout_tensors(env, T=5, B=3)
+    teacher = th.randint(0, 3, (5, 3))
+    obs[..., -3:] = th.nn.functional.one_hot(teacher, 3).float()
+    states = random_states(policy, 3)
+    got = policy.evaluate_trajectories(obs, actions, states, starts).aux_losses["imitation"]
+    with th.no_grad():
+        pi, _ = policy.actor_core(obs[:, :, :-privileged_size(3)], states.actor, starts)
+        logits = policy.action_net(policy.mlp_extractor.forward_actor(pi))  # [T, B, A]
+        want = np.mean([-th.log_softmax(logits[t, b], dim=-1)[teacher[t, b]].item()
+                        for t in range(5) for b in range(3)])
+    assert abs(got.item() - want) < 1e-5
+    got.backward()
+    for module in (policy.actor_core, policy.action_net):
+        assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in module.parameters())
+    assert all(p.grad is None for p in policy.value_net.parameters())
+
+
 def test_critic_modes_build_the_modules_they_need():
     env = graph_env(2)
     separate, shared, joint, none = (make_policy(env, critic=c) for c in CRITICS)

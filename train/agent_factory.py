@@ -17,7 +17,7 @@ from fwm_rl.train.errors import UserError, user_input
 
 ALGO_FIELDS = ("batch_size", "n_epochs", "learning_rate", "gamma", "gae_lambda", "ent_coef", "vf_coef",
                "max_grad_norm", "normalize_advantage", "timeout_bootstrap", "next_obs_coef",
-               "oracle_coef")
+               "oracle_coef", "imitation_coef")
 PPO_ONLY_FIELDS = ("batch_size", "n_epochs")
 OPTIMIZERS = {"adam": torch.optim.Adam, "rmsprop": torch.optim.RMSprop}
 

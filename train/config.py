@@ -83,6 +83,10 @@ class TrainConfig(RunConfig):
     """Weight of an auxiliary loss: a head predicts, from the actor core's output, the action of an oracle that
     knows the layout, which trains the memory to hold the layout (needs env_kwargs privileged_obs=true; acting never
     reads it); none for the algorithm's default (0, off)."""
+    imitation_coef: Optional[float] = None
+    """Weight of a behaviour-cloning loss: the policy's cross-entropy against the env's privileged action (the
+    oracle's, or the memory-perfect explorer's with env_kwargs privileged_action=explorer) on the states the agent
+    visits (needs env_kwargs privileged_obs=true; acting never reads it); none for the algorithm's default (0, off)."""
     optimizer: Optional[Literal["adam", "rmsprop"]] = None
     """Optimizer; none for the algorithm's default (adam for ppo, rmsprop for a2c)."""
     optimizer_kwargs: dict[str, Any] = field(default_factory=dict)

@@ -151,42 +151,33 @@ def test_privileged_features_reach_the_critic_and_never_the_actor(critic):
         np.testing.assert_array_equal(x, y)
 
 
-def test_oracle_action_loss_matches_a_step_by_step_cross_entropy_and_trains_the_actor_core():
-    env = make_vec_env("FWM/GraphNav-v0", 3, seed=0, **GRAPH, privileged_obs=True)
-    th.manual_seed(0)
-    policy = make_policy(env, critic="shared", privileged_features=privileged_size(3), predict_oracle_action=True)
-    obs, actions, starts = rollout_tensors(env, T=5, B=3)
-    oracle = th.randint(0, 3, (5, 3))
-    obs[..., -3:] = th.nn.functional.one_hot(oracle, 3).float()
-    states = random_states(policy, 3)
-    got = policy.evaluate_trajectories(obs, actions, states, starts).aux_losses["oracle_action"]
-    with th.no_grad():
-        pi, _ = (policy.actor_core(obs[:, :, :-privileged_size(3)], states.actor, starts))
-        want = np.mean([-th.log_softmax(policy.oracle_net(pi[t, b]), dim=-1)[oracle[t, b]].item()
-                        for t in range(5) for b in range(3)])
-    assert abs(got.item() - want) < 1e-5
-    got.backward()
-    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in policy.actor_core.parameters())
+# auxiliary loss -> (the policy flag that adds it, the logits it scores, from the actor core's output [T, B, H])
+PRIVILEGED_ACTION_LOSSES = {
+    "oracle_action": ("predict_oracle_action", lambda policy, pi: policy.oracle_net(pi)),
+    "imitation": ("imitate_privileged_action",
+                  lambda policy, pi: policy.action_net(policy.mlp_extractor.forward_actor(pi))),
+}
 
 
-def test_imitation_loss_is_the_policys_step_by_step_cross_entropy_against_the_privileged_action():
+@pytest.mark.parametrize("loss", sorted(PRIVILEGED_ACTION_LOSSES))
+def test_a_privileged_action_loss_is_a_step_by_step_cross_entropy_that_trains_the_actor_core(loss):
+    flag, logits_of = PRIVILEGED_ACTION_LOSSES[loss]
     env = make_vec_env("FWM/GraphNav-v0", 3, seed=0, **GRAPH, privileged_obs=True)
     th.manual_seed(0)
-    policy = make_policy(env, critic="shared", privileged_features=privileged_size(3), imitate_privileged_action=True)
+    policy = make_policy(env, critic="shared", privileged_features=privileged_size(3), **{flag: True})
     obs, actions, starts = rollout_tensors(env, T=5, B=3)
     teacher = th.randint(0, 3, (5, 3))
     obs[..., -3:] = th.nn.functional.one_hot(teacher, 3).float()
     states = random_states(policy, 3)
-    got = policy.evaluate_trajectories(obs, actions, states, starts).aux_losses["imitation"]
+    got = policy.evaluate_trajectories(obs, actions, states, starts).aux_losses[loss]
     with th.no_grad():
         pi, _ = policy.actor_core(obs[:, :, :-privileged_size(3)], states.actor, starts)
-        logits = policy.action_net(policy.mlp_extractor.forward_actor(pi))  # [T, B, A]
+        logits = logits_of(policy, pi)  # [T, B, A]
         want = np.mean([-th.log_softmax(logits[t, b], dim=-1)[teacher[t, b]].item()
                         for t in range(5) for b in range(3)])
     assert abs(got.item() - want) < 1e-5
     got.backward()
-    for module in (policy.actor_core, policy.action_net):
-        assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in module.parameters())
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in policy.actor_core.parameters())
     assert all(p.grad is None for p in policy.value_net.parameters())
 
 

@@ -191,7 +191,9 @@ def test_two_data_parallel_ranks_stay_identical_and_match_one_process_with_the_g
     rank0, rank1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
     assert torch.equal(rank0, rank1)
     single = train(SupervisedConfig(**cfg, batch_size=16), run_dir=tmp_path / "single", progress_bar=False)
-    torch.testing.assert_close(flat_parameters(single["model"]), rank0, rtol=1e-5, atol=1e-6)
+    # The all-reduced mean sums in another order; Adam's g / sqrt(v) magnifies that rounding where a gradient is
+    # near 0 (5.8e-6 on one parameter of 16,689 on an AMD EPYC under AVX2).
+    torch.testing.assert_close(flat_parameters(single["model"]), rank0, rtol=1e-5, atol=2e-5)
 
 
 def test_a_loss_that_goes_non_finite_stops_with_one_line_and_finite_checkpoints(tmp_path, capsys):

@@ -371,16 +371,19 @@ class CorePolicy(ActorCriticPolicy):
 
     def oracle_action_loss(self, obs: Tensor, actor_output: Tensor) -> Tensor:
         """Mean cross-entropy of the oracle head's logits, from the actor core's output ``[T, B, H]``, against the
-        oracle's action: the one-hot in the last ``action_space.n`` values of ``obs [T, B, D]``."""
-        oracle_actions = obs[..., -int(self.action_space.n):].argmax(dim=-1)  # [T, B]
+        privileged action of ``obs [T, B, D]`` (:meth:`privileged_actions`)."""
         logits = self.oracle_net(actor_output)  # [T, B, A]
-        return nn.functional.cross_entropy(logits.flatten(0, 1), oracle_actions.flatten())
+        return nn.functional.cross_entropy(logits.flatten(0, 1), self.privileged_actions(obs).flatten())
 
     def imitation_loss(self, obs: Tensor, distribution: Distribution) -> Tensor:
         """Mean of ``-log pi(a*)`` over the ``T * B`` time-major rows of ``distribution``, where ``a*`` is the
-        privileged action: the one-hot in the last ``action_space.n`` values of ``obs [T, B, D]``."""
-        teacher_actions = obs[..., -int(self.action_space.n):].argmax(dim=-1)  # [T, B]
-        return -distribution.log_prob(teacher_actions.flatten()).mean()
+        privileged action of ``obs [T, B, D]`` (:meth:`privileged_actions`)."""
+        return -distribution.log_prob(self.privileged_actions(obs).flatten()).mean()
+
+    def privileged_actions(self, obs: Tensor) -> Tensor:
+        """The privileged action ``[T, B]`` (the oracle's or the explorer's): the one-hot in the last
+        ``action_space.n`` values of ``obs [T, B, D]``."""
+        return obs[..., -int(self.action_space.n):].argmax(dim=-1)
 
     def predict_values(  # type: ignore[override]
         self, obs: PyTorchObs, states: ActorCriticStates, episode_starts: Tensor

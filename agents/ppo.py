@@ -59,7 +59,7 @@ class EnvStep(NamedTuple):
 
 SelfRecurrentPPO = TypeVar("SelfRecurrentPPO", bound="RecurrentPPO")
 # Each auxiliary loss of CorePolicy.evaluate_trajectories -> (the algorithm's weight for it, the policy flag that
-# builds its head).
+# turns it on, building its head where it has one).
 AUX_LOSSES = {"next_obs": ("next_obs_coef", "predict_next_obs"),
               "oracle_action": ("oracle_coef", "predict_oracle_action"),
               "imitation": ("imitation_coef", "imitate_privileged_action")}

@@ -96,7 +96,8 @@ def test_numeric_core_and_fused_tests_pass_under_cpu_capability(capability, chil
         pytest.skip(f"this process runs under {children.current}: the rest of the suite checks it")
     if children.detected[capability] != capability.upper():
         fallback = children.detected[capability]
-        pytest.skip(f"this CPU does not support {capability.upper()} (ATEN_CPU_CAPABILITY={capability} gives {fallback})")
+        pytest.skip(f"this CPU does not support {capability.upper()} "
+                    f"(ATEN_CPU_CAPABILITY={capability} gives {fallback})")
     run = children.runs[capability].result()
     failed = re.findall(r"^(?:FAILED|ERROR) (\S+)", run.output, flags=re.MULTILINE)
     tail = "\n".join(run.output.splitlines()[-40:])

@@ -55,6 +55,12 @@ def test_art_refuses_more_sequences_than_exist():
         art.make_splits(1, False, 0, {"train": 200, "val": 10, "test": 10})  # only 26*10 K=1 sequences exist
 
 
+def test_a_curriculum_level_takes_as_many_train_sequences_as_half_of_the_distinct_ones_allow():
+    distinct = 26 * 25 * 10**2 * 2  # K = 2: ordered key pairs, two digits, which key is queried
+    assert art.curriculum_sizes(2, 100_000, 10_000) == {"train": distinct // 2 - 2_000, "val": 2_000, "test": 0}
+    assert art.curriculum_sizes(3, 100_000, 10_000) == {"train": 100_000, "val": 2_000, "test": 0}
+
+
 def test_art_task_ranks_split_one_global_batch():
     splits = art.make_splits(3, True, 0, {"train": 1000, "val": 100, "test": 100})
     whole = art.ARTTask(splits, 8, 50, seed=1).train_batch(5)

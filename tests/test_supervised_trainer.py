@@ -83,6 +83,43 @@ def test_resume_continues_exactly_where_the_run_stopped(tmp_path, capsys):
         torch.testing.assert_close(resumed[name], value, rtol=0, atol=0)
 
 
+ART_CURRICULUM = dict(task="art", core="lstm", hidden_size=16, pairs=3, train_size=2000, val_size=500,
+                      test_size=200, batch_size=32, eval_freq=3, threads=1,
+                      curriculum={"sizes": [2, 3], "promote": 0.0, "demote": -1.0})
+
+
+def test_a_pairs_curriculum_trains_on_fewer_pairs_until_promoted_and_holds_out_the_target(tmp_path, monkeypatch):
+    """promote 0 promotes at the first evaluation: steps 1-3 train on K = 2 (7 tokens), the rest on K = 3 (9
+    tokens); the val and test splits hold K = 3 throughout, and the decision is logged."""
+    from fwm_rl.train.tasks.art import ARTTask
+
+    lengths, evaluated = [], []
+    train_batch, eval_batches = ARTTask.train_batch, ARTTask.eval_batches
+    monkeypatch.setattr(ARTTask, "train_batch", lambda self, step: lengths.append(
+        (batch := train_batch(self, step)).tokens.shape[0]) or batch)
+    monkeypatch.setattr(ARTTask, "eval_batches", lambda self, split: evaluated.append(
+        (split, next(iter(eval_batches(self, split))).tokens.shape[0])) or eval_batches(self, split))
+    cfg = SupervisedConfig(**ART_CURRICULUM, steps=6, data_dir=str(tmp_path / "data"))
+    train(cfg, run_dir=tmp_path / "run", progress_bar=False)
+    assert lengths == [7, 7, 7, 9, 9, 9]
+    assert set(evaluated) == {("val", 9), ("test", 9), ("val_K2", 7)}  # K = 2 only to decide the promotion
+    rows = list(csv.DictReader((tmp_path / "run" / "metrics.csv").open()))
+    assert [(r["curriculum/pairs"], r["curriculum/level"]) for r in rows[:2]] == [("2", "1"), ("3", "1")]
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["art-K2-seed0-2000-100-0.npz",
+                                                                     "art-K3-seed0-2000-500-200.npz"]
+
+
+def test_a_resumed_curriculum_run_keeps_its_level_and_reaches_the_straight_run(tmp_path, capsys):
+    cfg = dict(ART_CURRICULUM, data_dir=str(tmp_path / "data"))
+    straight = train(SupervisedConfig(**cfg, steps=6), run_dir=tmp_path / "a", progress_bar=False)
+    train(SupervisedConfig(**cfg, steps=3), run_dir=tmp_path / "b", progress_bar=False)
+    assert run_main(["--resume", str(tmp_path / "b"), "--steps", "6", "--no-progress-bar"], capsys)[0] == 0
+    _, _, payload = RunDir(tmp_path / "b").read_newest_checkpoint()
+    assert payload["ranks"][0]["data"]["curriculum"]["level"] == 1
+    for name, value in straight["model"].state_dict().items():
+        torch.testing.assert_close(payload["model"][name], value, rtol=0, atol=0)
+
+
 CATBABI_TINY = ["--task", "catbabi", "--core", "lstm", "--hidden-size", "16", "--stories-per-task", "10",
                 "--seq-len", "30", "--batch-size", "4", "--eval-freq", "50", "--steps", "8", "--threads", "1",
                 "--no-progress-bar"]
@@ -157,6 +194,10 @@ def test_read_mask_covers_the_targets_and_scored_positions_or_the_last_step():
         (["--core", "transformer"], "unknown core 'transformer'"),
         (["--device", "cuda:0"], "CUDA"),
         (["--task", "art", "--pairs", "27"], "pairs must be in 1..26"),
+        (["--task", "art", "--pairs", "4", "--curriculum", "sizes=[2,3]"],
+         "numbers of pairs from 2 up to --pairs (4)"),
+        (["--task", "art", "--pairs", "4", "--curriculum", "sizes=[3,2,4]"], "curriculum sizes must increase"),
+        (["--task", "catbabi", "--curriculum", "sizes=[2,4]"], "option of the art and mart tasks, not of catbabi"),
         (["--resume", "/no/such/run"], "is it a run directory?"),
     ],
 )

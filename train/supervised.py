@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Optional
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
@@ -26,13 +27,14 @@ from tqdm import tqdm
 
 from fwm_rl import State, build_core, detach_state
 from fwm_rl.agents.distributed import DataParallel
+from fwm_rl.envs.curriculum import SizeCurriculum
 from fwm_rl.train import options, runner
 from fwm_rl.train.errors import UserError, user_input
 from fwm_rl.train.io import atomic_write, write_json
 from fwm_rl.train.options import Alias
 from fwm_rl.train.rundir import RunDir
 from fwm_rl.train.seqmodel import SequenceModel, build_sequence_model, count_parameters, hidden_size_for_params
-from fwm_rl.train.tasks.art import ARTTask, load_or_make_splits
+from fwm_rl.train.tasks.art import ARTTask, curriculum_sizes, load_or_make_splits
 from fwm_rl.train.tasks.babi import CatBAbITask, read_babi_dir
 from fwm_rl.train.tasks.babi_gen import generate_splits
 from fwm_rl.train.tasks.base import IGNORE, Batch, Task, add_sums, empty_sums, score
@@ -101,6 +103,12 @@ class SupervisedConfig(runner.RunConfig):
     """art/mart: validation sequences."""
     test_size: int = 20_000
     """art/mart: test sequences."""
+    curriculum: dict[str, Any] = field(default_factory=dict)
+    """art/mart: train on fewer pairs first, e.g. sizes=[2,4] promote=0.95: the ladder of K (the last is --pairs),
+    promoted when the val accuracy at the current K reaches promote and demoted after patience evaluations below
+    demote, the rule of fwm_rl.envs.curriculum (defaults promote 0.6, demote 0.2, patience 2); each smaller K has
+    its own train split and a val split of a fifth of --val-size. The val and test splits that select and report
+    the model hold --pairs throughout. Empty: no curriculum."""
     mode: Literal["qm", "lm"] = "qm"
     """catbabi: qm (loss on answers only) or lm (loss on every next token)."""
     seq_len: int = 200
@@ -131,8 +139,22 @@ class SupervisedConfig(runner.RunConfig):
                              f"{self.max_grad_norm}")
         if self.task in ("art", "mart") and not 1 <= self.pairs <= 26:
             raise ValueError(f"pairs must be in 1..26 (keys are distinct letters), got {self.pairs}")
+        if self.curriculum:
+            self.pairs_curriculum()
         if self.task == "lm" and self.data_dir is None:
             raise ValueError("task lm needs --data-dir, a directory with train.txt, valid.txt and test.txt")
+
+    def pairs_curriculum(self) -> Optional[SizeCurriculum]:
+        """A fresh curriculum over numbers of pairs from ``curriculum`` (None when it is empty)."""
+        if not self.curriculum:
+            return None
+        if self.task not in ("art", "mart"):
+            raise ValueError(f"curriculum is an option of the art and mart tasks, not of {self.task}")
+        curriculum = SizeCurriculum.from_option(self.curriculum)
+        if curriculum.target != self.pairs or curriculum.sizes[0] < 2:
+            raise ValueError(f"curriculum sizes must be numbers of pairs from 2 up to --pairs ({self.pairs}), got "
+                             f"{list(curriculum.sizes)}")
+        return curriculum
 
     def resolved(self, name: str) -> Any:
         """A field, or the task default when the field is None."""
@@ -149,14 +171,23 @@ def make_task(cfg: SupervisedConfig, ranks: DataParallel) -> Task:
     if cfg.task in ("art", "mart"):
         sizes = {"train": cfg.train_size, "val": cfg.val_size, "test": cfg.test_size}
         data_dir = Path(cfg.data_dir or "data/art")
+        curriculum = cfg.pairs_curriculum()
+        level_sizes = {pairs: curriculum_sizes(pairs, cfg.train_size, cfg.val_size)
+                       for pairs in (curriculum.sizes[:-1] if curriculum else ())}
+
+        def read(sizes_by_pairs: dict[int, dict[str, int]]) -> dict[int, dict[str, tuple[np.ndarray, np.ndarray]]]:
+            return {pairs: load_or_make_splits(data_dir, pairs, cfg.task == "mart", cfg.seed, sizes)
+                    for pairs, sizes in sizes_by_pairs.items()}
+
         if ranks.main:
             with user_input("the art splits"):
-                splits = load_or_make_splits(data_dir, cfg.pairs, cfg.task == "mart", cfg.seed, sizes)
-        ranks.barrier()  # rank 0 made and saved the splits; the others read that file
+                data = read({cfg.pairs: sizes, **level_sizes})
+        ranks.barrier()  # rank 0 made and saved the splits; the others read those files
         if not ranks.main:
-            splits = load_or_make_splits(data_dir, cfg.pairs, cfg.task == "mart", cfg.seed, sizes)
+            data = read({cfg.pairs: sizes, **level_sizes})
         with user_input("the art task"):
-            return ARTTask(splits, batch, eval_batch, cfg.seed, ranks.rank, ranks.world_size)
+            return ARTTask(data.pop(cfg.pairs), batch, eval_batch, cfg.seed, ranks.rank, ranks.world_size,
+                           curriculum, data)
     if cfg.task == "catbabi":
         if cfg.data_dir is None:
             n = cfg.stories_per_task
@@ -335,6 +366,8 @@ class SupervisedTrainer(runner.Trainer):
             metrics.update(evaluate(model, task, "val", device, ranks, cfg.skip_reads))
             if cfg.eval_test_periodically:
                 metrics.update(evaluate(model, task, "test", device, ranks, cfg.skip_reads))
+            if task.curriculum is not None:
+                metrics.update(self._curriculum_decision(done, metrics))
             improved = metrics[task.best_metric] < self.best
             if improved:
                 self.best, self.best_step = metrics[task.best_metric], done
@@ -353,6 +386,20 @@ class SupervisedTrainer(runner.Trainer):
             window = empty_sums(task.num_groups, device)
             tic, tic_step = time.perf_counter(), done
         return None
+
+    def _curriculum_decision(self, step: int, metrics: dict[str, float]) -> dict[str, float]:
+        """Let the task's curriculum decide on the val accuracy at its current K (``metrics`` holds the target's
+        val); -> the ``curriculum/`` columns of this evaluation."""
+        task, curriculum = self.task, self.task.curriculum
+        split, pairs = task.curriculum_split(), curriculum.size
+        if split != "val":
+            metrics = evaluate(self.model, task, split, self.device, self.ranks, self.config.skip_reads)
+        accuracy = metrics[f"{split}/acc"]
+        decision = curriculum.update(step, accuracy)
+        if decision != "stay" and self.ranks.main and not self.quiet:
+            tqdm.write(f"step {step}: curriculum val accuracy {accuracy:.3f} at K = {pairs} -> {decision} to "
+                       f"K = {curriculum.size}", file=sys.stderr)
+        return {"curriculum/pairs": pairs, "curriculum/acc": accuracy, "curriculum/level": curriculum.level}
 
     def _final_test(self, run: RunDir, log, n_params: int) -> dict[str, Any]:
         """Score the best model on the test split; log it as ``test/best_*`` and write ``results.json``."""

@@ -12,11 +12,12 @@ from __future__ import annotations
 import math
 import string
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator, Optional
 
 import numpy as np
 import torch
 
+from fwm_rl.envs.curriculum import SizeCurriculum
 from fwm_rl.train.errors import UserError
 from fwm_rl.train.io import atomic_write
 from fwm_rl.train.tasks.base import Batch, Task
@@ -109,8 +110,21 @@ def load_or_make_splits(
     return splits
 
 
+def curriculum_sizes(num_pairs: int, train_size: int, val_size: int) -> dict[str, int]:
+    """Split sizes of a curriculum level with ``num_pairs`` pairs: a fifth of ``val_size`` for its val split, no
+    test, and as much of ``train_size`` as the distinct sequences allow (at most half of them in all)."""
+    val = max(1, val_size // 5)
+    return {"train": min(train_size, num_distinct(num_pairs) // 2 - val), "val": val, "test": 0}
+
+
 class ARTTask(Task):
-    """ART or mART as a ``Task``: shuffled minibatches each epoch, the loss on the last step only."""
+    """ART or mART as a ``Task``: shuffled minibatches each epoch, the loss on the last step only.
+
+    With a ``curriculum`` (:class:`fwm_rl.envs.curriculum.SizeCurriculum` over numbers of pairs, the last one the
+    target's), ``levels`` holds ``{K: {"train": (x, y), "val": (x, y)}}`` for its smaller K: training draws from the
+    current level's train split, and :meth:`curriculum_split` names the val split that decides promotion. The
+    ``val`` and ``test`` splits, which select and report the model, always hold the target's K.
+    """
 
     vocab_size = len(VOCAB)
     head = "mlp_last"
@@ -125,20 +139,49 @@ class ARTTask(Task):
         seed: int,
         rank: int = 0,
         world_size: int = 1,
+        curriculum: Optional[SizeCurriculum] = None,
+        levels: Optional[dict[int, dict[str, tuple[np.ndarray, np.ndarray]]]] = None,
     ) -> None:
-        self.splits = {s: (torch.from_numpy(x.astype(np.int64)), torch.from_numpy(y)) for s, (x, y) in splits.items()}
+        arrays = dict(splits)
+        for pairs, level in (levels or {}).items():
+            arrays.update({f"{split}_K{pairs}": level[split] for split in ("train", "val")})
+        self.splits = {s: (torch.from_numpy(x.astype(np.int64)), torch.from_numpy(y)) for s, (x, y) in arrays.items()}
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.seed, self.rank, self.world_size = seed, rank, world_size
-        n_train = len(self.splits["train"][1])
-        self.batches_per_epoch = n_train // (batch_size * world_size)
-        if self.batches_per_epoch < 1:
-            raise ValueError(f"train split ({n_train}) is smaller than one global batch ({batch_size}x{world_size})")
+        self.curriculum = curriculum
+        for pairs in (curriculum.sizes if curriculum else (None,)):
+            n_train = len(self.splits[self._level_split("train", pairs)][1])
+            if n_train < batch_size * world_size:
+                raise ValueError(f"train split ({n_train}) is smaller than one global batch "
+                                 f"({batch_size}x{world_size})")
+
+    def _level_split(self, split: str, pairs: Optional[int]) -> str:
+        """The name of ``split`` ("train" or "val") at ``pairs`` pairs (None or the target: the split itself)."""
+        return split if pairs is None or pairs == self.curriculum.target else f"{split}_K{pairs}"
+
+    def curriculum_split(self) -> str:
+        """The val split of the curriculum's current level ("val" at the target's K)."""
+        return self._level_split("val", self.curriculum.size)
 
     def train_batch(self, step: int) -> Batch:
-        epoch, i = divmod(step, self.batches_per_epoch)
-        order = torch.from_numpy(np.random.default_rng([self.seed, epoch]).permutation(len(self.splits["train"][1])))
+        split = self._level_split("train", self.curriculum.size if self.curriculum else None)
+        n_train = len(self.splits[split][1])
+        epoch, i = divmod(step, n_train // (self.batch_size * self.world_size))
+        order = torch.from_numpy(np.random.default_rng([self.seed, epoch]).permutation(n_train))
         start = (i * self.world_size + self.rank) * self.batch_size  # ranks take interleaved slices of one order
-        return self._batch("train", order[start : start + self.batch_size])
+        return self._batch(split, order[start : start + self.batch_size])
+
+    def state_dict(self) -> dict[str, Any]:
+        if self.curriculum is None:
+            return {}
+        c = self.curriculum
+        return {"curriculum": {"level": c.level, "low_streak": c.low_streak, "history": list(c.history)}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if self.curriculum is not None:
+            saved = state["curriculum"]
+            self.curriculum.level, self.curriculum.low_streak = saved["level"], saved["low_streak"]
+            self.curriculum.history = [tuple(entry) for entry in saved["history"]]
 
     def eval_batches(self, split: str) -> Iterator[Batch]:
         rows = torch.arange(self.rank, len(self.splits[split][1]), self.world_size)

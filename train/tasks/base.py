@@ -42,6 +42,11 @@ class Task(ABC):
     best_metric: str  # held-out metric that picks the best checkpoint (lower is better)
     num_groups: int = 0  # number of groups in ``Batch.groups``
     group_names: tuple[str, ...] = ()
+    curriculum: Optional[Any] = None  # a SizeCurriculum over the task's difficulty (art/mart), or None
+
+    def curriculum_split(self) -> str:
+        """The held-out split whose accuracy decides the curriculum at its current level."""
+        raise NotImplementedError(f"{type(self).__name__} has no curriculum")
 
     @abstractmethod
     def train_batch(self, step: int) -> Batch:

@@ -56,21 +56,35 @@ class MemoryExplorer:
         goal = np.zeros_like(believed_open)
         goal[d.rows, d.goal] = True
         target = np.where(found[:, None], goal, ~self.visited & believed_open)
-        steps = self._distances(target, believed_open)
-        return np.argmin(steps[d.rows[:, None], d.pos[:, None] + d._moves], axis=1)
+        neighbours = d.pos[:, None] + d._moves  # [B, A] the tile each action leads to
+        steps = self._distances(target, believed_open, neighbours)
+        return np.argmin(steps[d.rows[:, None], neighbours], axis=1)
 
-    def _distances(self, target: np.ndarray, open_tiles: np.ndarray) -> np.ndarray:
-        """target, open_tiles [B, N] bool -> [B, N] steps from each open tile to the nearest target over open
-        tiles (4-neighbour moves; ``_inf`` where none is reachable or the tile is not open)."""
-        shape = (len(target),) + self._grid
-        steps = np.where(target & open_tiles, 0, self._inf).reshape(shape)
-        closed = ~open_tiles.reshape(shape)
-        while True:
-            relaxed = steps.copy()
+    def _distances(self, target: np.ndarray, open_tiles: np.ndarray, watched: np.ndarray) -> np.ndarray:
+        """target, open_tiles [B, N] bool, watched [B, W] tile ids -> [B, N] steps to the nearest target over open
+        tiles (4-neighbour moves), exact on every watched tile that is nearest a target among its row's watched
+        tiles, ``_inf`` on the rest of them: all an argmin over the watched tiles needs.
+
+        The i-th relaxation makes every tile within i steps of a target exact and leaves the others at ``_inf``,
+        so a row is relaxed only until one of its watched tiles is finite (or nothing changes: no target is
+        reachable); each relaxation works on the rows still going."""
+        n_rows = len(target)
+        steps = np.where(target & open_tiles, 0, self._inf).reshape((n_rows,) + self._grid)
+        closed = ~open_tiles.reshape(steps.shape)
+
+        def settled(rows: np.ndarray) -> np.ndarray:
+            return (steps.reshape(n_rows, -1)[rows[:, None], watched[rows]] < self._inf).any(axis=1)
+
+        going = np.arange(n_rows)
+        going = going[~settled(going)]
+        while going.size:
+            before = steps[going]
+            relaxed = before.copy()
             for near, far in ((np.s_[:, 1:], np.s_[:, :-1]), (np.s_[:, :-1], np.s_[:, 1:]),
                               (np.s_[:, :, 1:], np.s_[:, :, :-1]), (np.s_[:, :, :-1], np.s_[:, :, 1:])):
-                np.minimum(relaxed[near], steps[far] + 1, out=relaxed[near])
-            relaxed[closed] = self._inf
-            if np.array_equal(relaxed, steps):
-                return steps.reshape(len(target), -1)
-            steps = relaxed
+                np.minimum(relaxed[near], before[far] + 1, out=relaxed[near])
+            relaxed[closed[going]] = self._inf
+            steps[going] = relaxed
+            changed = (relaxed != before).reshape(len(going), -1).any(axis=1)
+            going = going[changed & ~settled(going)]
+        return steps.reshape(len(target), -1)

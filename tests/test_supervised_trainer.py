@@ -6,15 +6,17 @@ import json
 import os
 import signal
 import socket
+from pathlib import Path
 
 import pytest
 import torch
 import yaml
 import torch.multiprocessing as mp
 
+from fwm_rl import train as train_package
 from fwm_rl.train.cli import main
 from fwm_rl.train.rundir import RunDir
-from fwm_rl.train.supervised import SupervisedConfig, train
+from fwm_rl.train.supervised import SupervisedConfig, load_config, train
 from test_supervised_tasks import write_corpus
 
 
@@ -22,6 +24,16 @@ def run_main(argv: list[str], capsys) -> tuple[int, str]:
     with pytest.raises(SystemExit) as exit_info:
         main(["supervised", *argv])
     return exit_info.value.code, capsys.readouterr().err
+
+SUPERVISED_CONFIGS = sorted((Path(train_package.__file__).parent / "configs" / "supervised").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", SUPERVISED_CONFIGS, ids=lambda path: path.stem)
+def test_every_shipped_supervised_config_loads_with_each_of_its_fields(path):
+    config = load_config(path)
+    for key, value in yaml.safe_load(path.read_text()).items():
+        assert getattr(config, key) == value, key
+
 
 ART_SMALL = dict(task="art", pairs=2, train_size=20_000, val_size=1000, test_size=1000, threads=1)
 

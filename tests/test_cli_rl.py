@@ -311,6 +311,18 @@ def test_config_yaml_records_every_value_that_ran_and_its_provenance(tiny_run):
     assert len(provenance["git_commit"]) == 40 and isinstance(provenance["git_dirty"], bool)
 
 
+def test_anneal_lr_decays_the_learning_rate_linearly_to_zero_over_total_timesteps(tmp_path):
+    """Three updates of 40 steps out of 120: SB3 sets each update's rate from the progress left after its rollout
+    (metrics.csv logs an update's values at the next rollout, so the last one is read from the saved optimizer)."""
+    config = TrainConfig(**{**TINY, "total_timesteps": 120, "eval_split": None, "learning_rate": 3e-3,
+                            "anneal_lr": True})
+    rl.train(config, run_dir=tmp_path / "run", progress_bar=False, quiet=True)
+    rows = [r for r in csv.DictReader((tmp_path / "run" / "metrics.csv").open()) if r.get("train/learning_rate")]
+    assert [float(r["train/learning_rate"]) for r in rows] == pytest.approx([2e-3, 1e-3], abs=1e-12)
+    assert load_agent(tmp_path / "run" / "model.zip", "ppo").policy.optimizer.param_groups[0]["lr"] == 0.0
+    assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["learning_rate"] == 3e-3
+
+
 def test_a2c_resolves_its_own_defaults_and_leaves_the_ppo_only_fields_none():
     from fwm_rl.train.rl import RLTrainer
 

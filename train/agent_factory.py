@@ -10,6 +10,7 @@ from typing import Any
 
 import gymnasium
 import torch
+from stable_baselines3.common.utils import LinearSchedule
 
 from fwm_rl.envs import privileged_size
 from fwm_rl.train.config import TrainConfig
@@ -55,6 +56,11 @@ def estimated_state_bytes(config: TrainConfig) -> int:
     return row * config.n_envs * (config.n_steps + 1) * cores
 
 
+def algorithm_default(algo: str, name: str) -> Any:
+    """The default of the agent class's constructor argument ``name``."""
+    return inspect.signature(algorithm_class(algo)).parameters[name].default
+
+
 def default_critic(algo: str) -> str:
     """The critic mode of the policy when the config leaves it none (read from the policy's signature)."""
     policy = algorithm_class(algo).policy_aliases["MlpFwmPolicy"]
@@ -93,6 +99,9 @@ def build_agent(config: TrainConfig, vec_env):
         policy_kwargs["optimizer_class"] = OPTIMIZERS[config.optimizer]
         policy_kwargs["optimizer_kwargs"] = dict(config.optimizer_kwargs)
     algo_kwargs = {name: getattr(config, name) for name in ALGO_FIELDS if getattr(config, name) is not None}
+    if config.anneal_lr:
+        start = algo_kwargs.get("learning_rate", algorithm_default(config.algo, "learning_rate"))
+        algo_kwargs["learning_rate"] = LinearSchedule(start, 0.0, 1.0)  # of the progress remaining, 1 -> 0
     policy = "MultiInputFwmPolicy" if isinstance(vec_env.observation_space, gymnasium.spaces.Dict) else "MlpFwmPolicy"
     with user_input(f"the {config.algo} agent with core {config.core!r}"):
         return algorithm_class(config.algo)(policy, vec_env, n_steps=config.n_steps, policy_kwargs=policy_kwargs,
@@ -119,6 +128,8 @@ def resolved_config(config: TrainConfig, agent) -> TrainConfig:
     for name in ALGO_FIELDS:
         if values[name] is None and not (config.algo != "ppo" and name in PPO_ONLY_FIELDS):
             value = getattr(agent, name)
+            if callable(value):  # a schedule (anneal_lr): the value it starts from
+                value = value(1.0)
             if name == "batch_size" and value is None:  # our PPO's "every env in one minibatch"
                 value = agent.n_envs * agent.n_steps
             values[name] = _plain(value)

@@ -61,6 +61,9 @@ class TrainConfig(RunConfig):
     """Passes over each rollout (ppo); none for the algorithm's default."""
     learning_rate: Optional[float] = None
     """Optimizer learning rate; none for the algorithm's default."""
+    anneal_lr: bool = False
+    """Decay the learning rate linearly from learning_rate to 0 over total_timesteps (CleanRL's anneal_lr); under a
+    time budget, set total_timesteps to the steps the budget allows."""
     gamma: Optional[float] = None
     """Discount factor; none for the algorithm's default."""
     gae_lambda: Optional[float] = None

@@ -172,19 +172,19 @@ def make_task(cfg: SupervisedConfig, ranks: DataParallel) -> Task:
         sizes = {"train": cfg.train_size, "val": cfg.val_size, "test": cfg.test_size}
         data_dir = Path(cfg.data_dir or "data/art")
         curriculum = cfg.pairs_curriculum()
-        level_sizes = {pairs: curriculum_sizes(pairs, cfg.train_size, cfg.val_size)
-                       for pairs in (curriculum.sizes[:-1] if curriculum else ())}
+        wanted = {cfg.pairs: sizes, **{pairs: curriculum_sizes(pairs, cfg.train_size, cfg.val_size)
+                                       for pairs in (curriculum.sizes[:-1] if curriculum else ())}}
 
-        def read(sizes_by_pairs: dict[int, dict[str, int]]) -> dict[int, dict[str, tuple[np.ndarray, np.ndarray]]]:
-            return {pairs: load_or_make_splits(data_dir, pairs, cfg.task == "mart", cfg.seed, sizes)
-                    for pairs, sizes in sizes_by_pairs.items()}
+        def read() -> dict[int, dict[str, tuple[np.ndarray, np.ndarray]]]:
+            return {pairs: load_or_make_splits(data_dir, pairs, cfg.task == "mart", cfg.seed, sizes_of_k)
+                    for pairs, sizes_of_k in wanted.items()}
 
         if ranks.main:
             with user_input("the art splits"):
-                data = read({cfg.pairs: sizes, **level_sizes})
+                data = read()
         ranks.barrier()  # rank 0 made and saved the splits; the others read those files
         if not ranks.main:
-            data = read({cfg.pairs: sizes, **level_sizes})
+            data = read()
         with user_input("the art task"):
             return ARTTask(data.pop(cfg.pairs), batch, eval_batch, cfg.seed, ranks.rank, ranks.world_size,
                            curriculum, data)

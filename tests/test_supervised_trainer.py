@@ -25,6 +25,7 @@ def run_main(argv: list[str], capsys) -> tuple[int, str]:
         main(["supervised", *argv])
     return exit_info.value.code, capsys.readouterr().err
 
+
 SUPERVISED_CONFIGS = sorted((Path(train_package.__file__).parent / "configs" / "supervised").glob("*.yaml"))
 
 

@@ -141,8 +141,9 @@ CATBABI_TINY = ["--task", "catbabi", "--core", "lstm", "--hidden-size", "16", "-
 def test_time_budget_and_sigterm_save_mid_interval_and_resume_reaches_the_straight_run(tmp_path, capsys,
                                                                                        monkeypatch):
     """A time budget used up after the first step, then a SIGTERM during step 4 of the resumed run: each saves a
-    checkpoint at once (between evaluations) and stops (exit 0, then 130); a last resume ends on the weights of 8
-    straight steps."""
+    checkpoint at once (between evaluations) and stops (exit 0, then 130); the time budget, not the SIGTERM, leaves
+    the test score of the best model so far in results.json; a last resume ends on the weights of 8 straight steps
+    and rewrites results.json."""
     from fwm_rl.train.tasks.babi import CatBAbITask
 
     assert run_main([*CATBABI_TINY, "--run-dir", str(tmp_path / "straight")], capsys)[0] == 0
@@ -150,6 +151,10 @@ def test_time_budget_and_sigterm_save_mid_interval_and_resume_reaches_the_straig
     code, err = run_main([*CATBABI_TINY, "--run-dir", str(run), "--time-budget", "1e-6"], capsys)
     assert code == 0 and "stopped (time budget) at step 1" in err
     assert RunDir(run).read_newest_checkpoint()[1] == 1
+    results = json.loads((run / "results.json").read_text())
+    assert (results["steps"], results["stopped"], results["best_step"]) == (1, "time budget", 1)
+    assert 0 <= results["test/best_acc"] <= 1
+    (run / "results.json").unlink()
     train_batch = CatBAbITask.train_batch
 
     def sigterm_at_step_3(self, step):
@@ -160,11 +165,13 @@ def test_time_budget_and_sigterm_save_mid_interval_and_resume_reaches_the_straig
     monkeypatch.setattr(CatBAbITask, "train_batch", sigterm_at_step_3)
     code, err = run_main(["--resume", str(run), "--time-budget", "10", "--no-progress-bar"], capsys)
     assert code == 130 and "SIGTERM: saving" in err and "stopped (interrupted) at step 4" in err
-    assert RunDir(run).read_newest_checkpoint()[1] == 4
+    assert RunDir(run).read_newest_checkpoint()[1] == 4 and not (run / "results.json").exists()
     monkeypatch.setattr(CatBAbITask, "train_batch", train_batch)
     assert run_main(["--resume", str(run), "--no-progress-bar"], capsys)[0] == 0
     (_, step, resumed), (_, _, straight) = (RunDir(path).read_newest_checkpoint() for path in (run, tmp_path / "straight"))
     assert step == 8
+    straight_results = json.loads((tmp_path / "straight" / "results.json").read_text())
+    assert json.loads((run / "results.json").read_text()) == {**straight_results, "run_dir": str(run)}
     for name, value in straight["model"].items():
         torch.testing.assert_close(resumed["model"][name], value, rtol=0, atol=0)
 

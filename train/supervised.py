@@ -3,7 +3,8 @@
 ``fwm-rl supervised --task art --core fwlstm --pairs 8 --steps 5000``. A run directory holds what every run has
 (``rundir.RunDir``: config.yaml, checkpoints/, metrics.csv/.jsonl with ``step`` plus ``train/``, ``val/`` and
 ``test/`` columns, log.txt), ``best_model.pt`` (the best validation metric, written atomically) and
-``results.json`` (the best model on the test split). ``--resume RUN_DIR`` continues a run exactly where its last
+``results.json`` (the best model on the test split, written when the run completes or its time budget ends it;
+a resumed run rewrites it). ``--resume RUN_DIR`` continues a run exactly where its last
 checkpoint left it. The same command runs data-parallel under ``torchrun -m fwm_rl.train.supervised`` (one
 process per rank, DistributedDataParallel, gloo on CPU, nccl on CUDA): each rank reads its own share of the data,
 rank 0 writes the run directory.
@@ -324,13 +325,15 @@ class SupervisedTrainer(runner.Trainer):
             stopped = self._steps(run, log, net, bar, start, stop, session_start)
         bar.close()
         ranks.barrier()
-        if stopped is not None:
-            reason, step = stopped
-            if ranks.main and not self.quiet:
-                print(f"stopped ({reason}) at step {step}; continue with: fwm-rl supervised --resume {run.path}",
-                      file=sys.stderr)
-            return runner.RunResult(run.path, step, reason)
-        return runner.RunResult(run.path, cfg.steps, None, self._final_test(run, log, n_params))
+        if stopped is None:
+            return runner.RunResult(run.path, cfg.steps, None, self._final_test(run, log, n_params, cfg.steps))
+        reason, step = stopped
+        # A time budget ends a session as planned: score what it reached. Ctrl-C asks to stop now.
+        summary = self._final_test(run, log, n_params, step, reason) if reason == "time budget" else {}
+        if ranks.main and not self.quiet:
+            print(f"stopped ({reason}) at step {step}; continue with: fwm-rl supervised --resume {run.path}",
+                  file=sys.stderr)
+        return runner.RunResult(run.path, step, reason, summary)
 
     def _steps(self, run: RunDir, log, net: nn.Module, bar, start: int, stop: runner.StopRequest,
                session_start: float) -> Optional[tuple[str, int]]:
@@ -401,8 +404,10 @@ class SupervisedTrainer(runner.Trainer):
                        f"K = {curriculum.size}", file=sys.stderr)
         return {"curriculum/pairs": pairs, "curriculum/acc": accuracy, "curriculum/level": curriculum.level}
 
-    def _final_test(self, run: RunDir, log, n_params: int) -> dict[str, Any]:
-        """Score the best model on the test split; log it as ``test/best_*`` and write ``results.json``."""
+    def _final_test(self, run: RunDir, log, n_params: int, step: int, stopped: Optional[str] = None
+                    ) -> dict[str, Any]:
+        """Score the best model up to ``step`` on the test split; log it as ``test/best_*`` at ``step`` and write
+        ``results.json`` (with ``steps`` and ``stopped``: why training ended early, or None)."""
         cfg, ranks = self.config, self.ranks
         best = torch.load(run.path / BEST_MODEL_FILE, map_location="cpu", weights_only=False)
         final = copy.deepcopy(self.model)
@@ -410,10 +415,10 @@ class SupervisedTrainer(runner.Trainer):
         test = {k.replace("test/", "test/best_", 1): v
                 for k, v in evaluate(final, self.task, "test", self.device, ranks, cfg.skip_reads).items()}
         val = {k: v for k, v in best["metrics"].items() if k.startswith("val/")}
-        results = {"best_step": self.best_step, **val, **test, "parameters": n_params,
-                   "hidden_size": self.hidden_size, "run_dir": str(run.path)}
+        results = {"best_step": self.best_step, "steps": step, "stopped": stopped, **val, **test,
+                   "parameters": n_params, "hidden_size": self.hidden_size, "run_dir": str(run.path)}
         if ranks.main:
-            log.append(cfg.steps, **test)
+            log.append(step, **test)
             write_json(run.path / RESULTS_FILE, results)
             if not self.quiet:
                 print(json.dumps({k: v for k, v in results.items() if "acc_task" not in k}), file=sys.stderr)

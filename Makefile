@@ -4,6 +4,8 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+# pytest-xdist processes for `make test` (CI has 2 cores); each takes whole files, so a module's fixtures are built once
+TEST_WORKERS ?= 2
 
 .PHONY: install test demo bench clean
 
@@ -17,7 +19,7 @@ $(STAMP): pyproject.toml constraints.txt $(wildcard fwm_rl/fused/*.cpp fwm_rl/fu
 	touch $(STAMP)
 
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 demo: $(STAMP)
 	$(PY) -m fwm_rl demo

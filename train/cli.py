@@ -122,7 +122,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from fwm_rl.train import export, report, sweep, tune
+    from fwm_rl.train import export, probe, report, sweep, tune
     from fwm_rl.train.config import shipped_configs
     from fwm_rl.train.rl import RLTrainer
     from fwm_rl.train.runner import add_trainer_arguments
@@ -219,6 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_parser(commands, formatter_class=_HelpFormatter)
     export.add_parser(commands, formatter_class=_HelpFormatter)
     tune.add_parser(commands, formatter_class=_HelpFormatter)
+    probe.add_parser(commands, formatter_class=_HelpFormatter)
     return parser
 
 

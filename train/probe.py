@@ -110,6 +110,7 @@ def record(run_dir: Path, split: str = "val", lifetimes: int = 200, every: int =
                      walls[:, varying], np.concatenate(rows["seen"])[:, varying], np.concatenate(rows["layout"]),
                      varying, height * width, width)
 
+
 def ridge_probe(x_fit: Tensor, y_fit: Tensor, x_sel: Tensor, x_eval: Tensor, score: Any,
                 penalties: tuple[float, ...] = PENALTIES) -> tuple[Tensor, float]:
     """Ridge regression from standardised features ``x_fit [N, D]`` to targets ``y_fit [N, K]`` (one-hot classes
@@ -118,13 +119,14 @@ def ridge_probe(x_fit: Tensor, y_fit: Tensor, x_sel: Tensor, x_eval: Tensor, sco
     mean, std = x_fit.mean(0), x_fit.std(0).clamp_min(1e-6)
     x_fit, x_sel, x_eval = ((x - mean) / std for x in (x_fit, x_sel, x_eval))
     y_mean = y_fit.mean(0)
-    gram = x_fit.T @ x_fit if x_fit.shape[1] <= x_fit.shape[0] else x_fit @ x_fit.T
+    primal = x_fit.shape[1] <= x_fit.shape[0]  # the smaller Gram matrix: XᵀX [D, D] or XXᵀ [N, N]
+    gram = x_fit.T @ x_fit if primal else x_fit @ x_fit.T
     eigenvalues, vectors = torch.linalg.eigh(gram)
     best: Optional[tuple[float, float, Tensor]] = None
     for penalty in penalties:
         inverse = vectors @ torch.diag(1.0 / (eigenvalues.clamp_min(0) + penalty * len(x_fit))) @ vectors.T
         # primal: W = (XᵀX + λ)⁻¹ Xᵀ Y; dual: W = Xᵀ (XXᵀ + λ)⁻¹ Y (the same W)
-        weight = (inverse @ x_fit.T if gram.shape[0] == x_fit.shape[1] else x_fit.T @ inverse) @ (y_fit - y_mean)
+        weight = (inverse @ x_fit.T if primal else x_fit.T @ inverse) @ (y_fit - y_mean)
         selected = score(x_sel @ weight + y_mean)
         if best is None or selected > best[0]:
             best = (selected, penalty, weight)
@@ -144,38 +146,34 @@ def run_probes(rec: Recording) -> list[dict[str, Any]]:
     if n_layouts < 4:
         raise UserError(f"probes split the lifetimes by layout and need >= 4 layouts; these hold {n_layouts} "
                         "(play more --lifetimes, or a split with more layouts)")
-    fold = folds(rec.layout)
-    classes = {"position": (rec.position, np.ones_like(rec.found)), "goal (found)": (rec.goal, rec.found),
-               "goal (not found)": (rec.goal, ~rec.found)}
+    everywhere = [np.flatnonzero(folds(rec.layout) == k) for k in range(3)]  # fit, select, evaluate
+    classes = []  # (target, labels [N], its samples of each fold): the same for every state tensor
+    for target, labels, keep in (("position", rec.position, None), ("goal (found)", rec.goal, rec.found),
+                                 ("goal (not found)", rec.goal, ~rec.found)):
+        part = everywhere if keep is None else [index[keep[index]] for index in everywhere]
+        if min(map(len, part)):
+            classes.append((target, labels, part, (labels[part[2]] == np.bincount(labels[part[0]]).argmax()).mean()))
+    fit, sel, ev = everywhere
+    walls = torch.as_tensor(rec.walls, dtype=torch.float64)
+    prior_correct = rec.walls[ev] == (rec.walls[fit].mean(0) > 0.5)
     results = []
     for name, raw in rec.features.items():
         x = torch.as_tensor(raw, dtype=torch.float64)
-        for target, (labels, keep) in classes.items():
-            part = [np.flatnonzero(keep & (fold == k)) for k in range(3)]
-            if min(map(len, part)) == 0:
-                continue
-            y = torch.nn.functional.one_hot(torch.as_tensor(labels), rec.n_tiles).double()
+        for target, labels, part, majority in classes:
+            y = torch.nn.functional.one_hot(torch.as_tensor(labels[part[0]]), rec.n_tiles).double()
             sel_labels = torch.as_tensor(labels[part[1]])
-            predicted, penalty = ridge_probe(x[part[0]], y[part[0]], x[part[1]], x[part[2]],
+            predicted, penalty = ridge_probe(x[part[0]], y, x[part[1]], x[part[2]],
                                              lambda p: (p.argmax(1) == sel_labels).double().mean().item())
             accuracy = (predicted.argmax(1).numpy() == labels[part[2]]).mean()
-            majority = (labels[part[2]] == np.bincount(labels[part[0]]).argmax()).mean()
             results.append(_row(name, target, accuracy, majority, len(part[0]), len(part[2]), penalty))
-        part = [np.flatnonzero(fold == k) for k in range(3)]
-        if rec.walls.shape[1] and rec.seen[part[1]].any():
-            y = torch.as_tensor(rec.walls, dtype=torch.float64)
-            seen_sel = rec.seen[part[1]]
-            predicted, penalty = ridge_probe(
-                x[part[0]], y[part[0]], x[part[1]], x[part[2]],
-                lambda p: ((p.numpy() > 0.5) == rec.walls[part[1]])[seen_sel].mean())
-            correct = (predicted.numpy() > 0.5) == rec.walls[part[2]]
-            prior = rec.walls[part[0]].mean(0) > 0.5
-            for target, where in (("walls (seen)", rec.seen[part[2]]), ("walls (unseen)", ~rec.seen[part[2]])):
-                if not where.any():
-                    continue
-                majority = (rec.walls[part[2]] == prior)[where].mean()
-                results.append(_row(name, target, correct[where].mean(), majority, len(part[0]), int(where.sum()),
-                                    penalty))
+        if rec.walls.shape[1] and rec.seen[sel].any():
+            predicted, penalty = ridge_probe(x[fit], walls[fit], x[sel], x[ev],
+                                             lambda p: ((p.numpy() > 0.5) == rec.walls[sel])[rec.seen[sel]].mean())
+            correct = (predicted.numpy() > 0.5) == rec.walls[ev]
+            for target, where in (("walls (seen)", rec.seen[ev]), ("walls (unseen)", ~rec.seen[ev])):
+                if where.any():
+                    results.append(_row(name, target, correct[where].mean(), prior_correct[where].mean(), len(fit),
+                                        int(where.sum()), penalty))
     return results
 
 
@@ -186,7 +184,7 @@ def _row(state: str, target: str, accuracy: float, majority: float, n_fit: int, 
 
 
 def format_table(results: list[dict[str, Any]]) -> str:
-    """Markdown table: one row per target, one column pair (probe, majority) per state tensor."""
+    """Markdown table: one row per target; a probe column per state tensor, then the majority baseline."""
     states = list(dict.fromkeys(row["state"] for row in results))
     targets = list(dict.fromkeys(row["target"] for row in results))
     cell = {(row["state"], row["target"]): row for row in results}

@@ -35,7 +35,7 @@ CONFIGS = {
     "catbabi": dict(batch=32, steps=200, input_size=256, hidden=256, memory=32, preset="catbabi"),
     "metarl": dict(batch=600, steps=30, input_size=17, hidden=32, memory=16, preset="rl"),
 }
-CASES = ("lstm", "fwm-naive", "fwm-reference", "fwm-auto", "lnlstm", "fwlstm", "fwrnn")
+CASES = ("lstm", "fwm-naive", "fwm-reference", "fwm-auto", "fwm-fused", "fwm-chunked", "lnlstm", "fwlstm", "fwrnn")
 
 
 class OfficialStyleFWM(nn.Module):

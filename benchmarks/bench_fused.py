@@ -21,6 +21,7 @@ many seeds (the measurement behind the float32 bound of ``tests/test_fused.py``)
     .venv/bin/python benchmarks/bench_fused.py --configs meta_rl --implementations fused --repeats 9
     .venv/bin/python benchmarks/bench_fused.py --configs catbabi --implementations fused "fused, reads at targets"
     .venv/bin/python benchmarks/bench_fused.py --implementations fused --threads 1 --cpu-time   # before/after under load
+    .venv/bin/python benchmarks/bench_fused.py --implementations chunked fused --threads 2   # the two fast forms
     ATEN_CPU_CAPABILITY=avx2 .venv/bin/python benchmarks/bench_fused.py --float32-error --seeds 100
 """
 from __future__ import annotations
@@ -45,7 +46,7 @@ from fwm_rl.recurrence import LAYER_NORM_EPS, RecurrenceInputs, fwm_recurrence
 
 @dataclass(frozen=True)
 class Config:
-    """One benchmark shape: batch, steps, d = d_s = d_r = d_t, reads, write scale λ."""
+    """One benchmark shape: batch, steps, d = d_s = d_r = d_t, reads, write scale λ, and whether F₀ is carried in."""
 
     name: str
     batch: int
@@ -53,11 +54,19 @@ class Config:
     dim: int
     n_reads: int
     write_scale: float
+    carried: bool = False
+    """False: every row starts an episode at step 0 with F₀ = 0 (the issue's configurations); True: F₀ is a
+    unit-norm state carried in and no row starts at step 0 (a PPO minibatch from a rollout's saved state, a later
+    training window), so an implementation cannot skip F₀."""
 
 
 CONFIGS = {
     "meta_rl": Config("meta_rl", batch=600, steps=30, dim=16, n_reads=3, write_scale=1 / 16),
     "catbabi": Config("catbabi", batch=32, steps=200, dim=32, n_reads=3, write_scale=1 / 32),
+    "meta_rl_carried": Config("meta_rl_carried", batch=600, steps=30, dim=16, n_reads=3, write_scale=1 / 16,
+                              carried=True),
+    "catbabi_carried": Config("catbabi_carried", batch=32, steps=200, dim=32, n_reads=3, write_scale=1 / 32,
+                              carried=True),
 }
 
 
@@ -83,6 +92,9 @@ def official_style_loop(inputs: RecurrenceInputs, write_scale: float) -> tuple[T
 
 # Each takes (inputs, write scale, the read mask of the configuration); "... at targets" reads only where it is True.
 IMPLEMENTATIONS: dict[str, Callable[..., tuple[Tensor, Tensor]]] = {
+    "chunked": lambda inputs, scale, mask: fwm_recurrence(inputs, scale, implementation="chunked"),
+    "chunked, reads at targets": lambda inputs, scale, mask: fwm_recurrence(inputs, scale, implementation="chunked",
+                                                                            read_mask=mask),
     "fused": lambda inputs, scale, mask: fwm_recurrence(inputs, scale, implementation="fused"),
     "fused, reads at targets": lambda inputs, scale, mask: fwm_recurrence(inputs, scale, implementation="fused",
                                                                           read_mask=mask),
@@ -97,7 +109,7 @@ def target_mask(config: Config) -> Tensor:
     """``[T, B]`` bool: where the configuration's task takes a loss. catbAbI (QM mode): the answer positions of a
     training window of generated stories (about 4% of the tokens; 70% of the steps hold one in some row at B 32);
     meta-RL: every step (the policy acts on every read)."""
-    if config.name != "catbabi":
+    if not config.name.startswith("catbabi"):
         return torch.ones(config.steps, config.batch, dtype=torch.bool)
     from fwm_rl.train.tasks.babi import CatBAbITask
     from fwm_rl.train.tasks.babi_gen import generate_splits
@@ -109,7 +121,7 @@ def target_mask(config: Config) -> Tensor:
 
 def make_inputs(config: Config, seed: int = 0) -> tuple[list[Tensor], Tensor]:
     """Inputs as the FWM core makes them (tanh keys, values and edges, σ(·+1) write strengths); every row starts an
-    episode at t = 0, F₀ = 0."""
+    episode at t = 0 with F₀ = 0, or, for a ``carried`` configuration, none does and F₀ has unit norm per row."""
     g = torch.Generator().manual_seed(seed)
     T, B, d, N = config.steps, config.batch, config.dim, config.n_reads
 
@@ -121,7 +133,11 @@ def make_inputs(config: Config, seed: int = 0) -> tuple[list[Tensor], Tensor]:
         torch.sigmoid(randn(T, B) + 1), randn(T, B, d), torch.tanh(randn(T, B, N, d)), torch.zeros(B, d, d, d),
     ]
     starts = torch.zeros(T, B, dtype=torch.bool)
-    starts[0] = True
+    if config.carried:
+        F0 = randn(B, d, d, d)
+        tensors[-1] = F0 / F0.flatten(1).norm(dim=1).view(B, 1, 1, 1)
+    else:
+        starts[0] = True
     return tensors, starts
 
 
@@ -233,7 +249,7 @@ def float32_error(seeds: int) -> None:
 
     print(f"capability {torch.backends.cpu.get_cpu_capability()}, T 16, B 2, N_r 3, {seeds} seeds per d")
     for d in (6, 16, 32):
-        for name in ("reference", "fused"):
+        for name in ("reference", "fused", "chunked"):
             worst = dict.fromkeys(("reads", "final F", *GRAD_NAMES), 0.0)
             for seed in range(seeds):
                 tensors, starts = test_inputs(T=16, B=2, d=d, n_reads=3, seed=seed)

@@ -101,7 +101,7 @@ class FWMCore(MemoryCore):
     :param tanh_edges: tanh on e⁽ⁱ⁾; None takes the preset's
     :param residual: y = h + o if True, y = o if False; None takes the preset's
     :param recurrence: implementation of the F recurrence, one of ``fwm_rl.recurrence.IMPLEMENTATIONS`` ("auto"
-        picks the fastest available, "reference" is the PyTorch loop)
+        picks the fastest available by sequence length and device, "reference" is the PyTorch loop)
     """
 
     kind = "fwm"

@@ -1,10 +1,17 @@
 """The fast-weight recurrence of the FWM, behind one function.
 
 Everything of the FWM that does not depend on F (the slow LSTM, the write and read projections, their
-nonlinearities) is computed for all steps at once by the core; only this loop is sequential. A fused kernel may
-replace the PyTorch reference here; the reference stays as its specification. On CPU the dispatcher uses the fused
-C++ kernel of :mod:`fwm_rl.fused` (built by ``python -m fwm_rl.build_ext``); on other devices, or where the kernel
-cannot be built or is disabled with ``FWM_RL_NO_FUSED=1``, it runs the reference.
+nonlinearities) is computed for all steps at once by the core; only this loop is sequential. Two faster forms may
+replace the PyTorch reference here; the reference stays as their specification:
+
+* "chunked" (:mod:`fwm_rl.chunked`): the recurrence in low-rank form over chunks of steps, as batched matrix
+  products around a short scan (C++ on CPU where the extension is built, PyTorch elsewhere); any device.
+* "fused": the C++ kernel of :mod:`fwm_rl.fused` (built by ``python -m fwm_rl.build_ext``), one pass over F per
+  step; CPU only.
+
+"auto" takes "chunked" for sequences of ``CHUNKED_MIN_STEPS`` steps or more and off CPU, and "fused" for shorter
+ones on CPU (a rollout's single steps), where the kernel can run; otherwise the reference. ``FWM_RL_NO_FUSED=1``
+disables the extension (the chunked form then scans in PyTorch).
 
 The inputs travel as one :class:`RecurrenceInputs` (the C++ kernel has the same struct). Per step t and batch row
 b (F is d×d×d, F₀ given, LN is a LayerNorm over d with no affine parameters):
@@ -30,10 +37,13 @@ import torch
 import torch.nn.functional as nnf
 from torch import Tensor
 
+from fwm_rl.chunked import fwm_recurrence_chunked
 from fwm_rl.fused import fwm_recurrence_fused, load_extension, unsupported_reason
 
 LAYER_NORM_EPS = 1e-5
-IMPLEMENTATIONS = ("auto", "reference", "fused")
+IMPLEMENTATIONS = ("auto", "reference", "fused", "chunked")
+# "auto" takes the chunked form from this many steps on (CPU; measured in docs/results/fused.md, "Chunked form")
+CHUNKED_MIN_STEPS = 8
 
 
 class RecurrenceInputs(NamedTuple):
@@ -133,16 +143,23 @@ def fwm_recurrence(inputs: RecurrenceInputs, write_scale: float, implementation:
 
     :param read_mask: ``[T, B]`` or ``[T]`` bool, True where the reads are wanted; None (the default) reads at every
         step (see the module docstring)
-    :param implementation: "reference" (the PyTorch loop), "fused" (the C++ kernel: CPU, float32/float64, d ≤
-        ``MAX_DIM`` of the kernel; ``ValueError`` for other inputs, ``RuntimeError`` if the kernel is unavailable) or
-        "auto" (fused where it can run, else the reference, with a one-time warning where only the kernel's absence
-        prevents it)
+    :param implementation: "reference" (the PyTorch loop), "chunked" (batched products, any device and float
+        dtype; inputs that are not all finite run the reference, whose resets clear them), "fused" (the C++ kernel:
+        CPU, float32/float64, d ≤ ``MAX_DIM`` of the kernel; ``ValueError`` for other inputs, ``RuntimeError`` if the
+        kernel is unavailable) or "auto" (chunked for ``CHUNKED_MIN_STEPS`` steps or more or off CPU; else fused where
+        it can run, else the reference, with a one-time warning where only the kernel's absence prevents it)
     """
     if implementation not in IMPLEMENTATIONS:
         raise ValueError(f"unknown FWM recurrence implementation {implementation!r}; expected one of {IMPLEMENTATIONS}")
     inputs = RecurrenceInputs(*inputs)
     inputs.check_shapes()
     read_mask = check_read_mask(read_mask, inputs.values)
+    if implementation == "auto" and (len(inputs.values) >= CHUNKED_MIN_STEPS or inputs.values.device.type != "cpu"):
+        implementation = "chunked"
+    if implementation == "chunked":
+        if not all(bool(torch.isfinite(x).all()) for x in inputs[:-1]):
+            return fwm_recurrence_reference(inputs, write_scale, read_mask)
+        return fwm_recurrence_chunked(inputs, write_scale, LAYER_NORM_EPS, read_mask)
     if implementation != "reference":
         status = load_extension()
         unsupported = unsupported_reason(inputs, status.module)

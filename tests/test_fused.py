@@ -57,8 +57,10 @@ def run_with_grads(implementation: str, tensors: list[Tensor], starts: Tensor, w
 
 
 def assert_all_close(actual: list[Tensor], expected: list[Tensor], rel: float) -> None:
-    """Every pair agrees to ``rel`` times the larger of 1e-3 and the expected tensor's largest magnitude."""
+    """Every pair agrees to ``rel`` times the larger of 1e-3 and the expected tensor's largest magnitude (a gradient
+    of None, an input never read, counts as zeros)."""
     for name, a, e in zip(("reads", "final F", *GRAD_NAMES), actual, expected):
+        a = torch.zeros_like(e) if a is None else a
         scale = max(e.abs().max().item(), 1e-3)
         err = (a.double() - e.double()).abs().max().item()
         assert err <= rel * scale, f"{name}: max error {err:.3g} vs scale {scale:.3g}"
@@ -515,6 +517,53 @@ def test_malformed_backward_call_raises_naming_the_argument(name, how):
                      2)
 
 
+SCAN_LAYOUTS = {"key_gram": "BCC", "old_F0": "BCd", "norm0": "B", "write": "BC", "values": "BCd", "starts": "BC"}
+SCAN_SAVED_LAYOUTS = {"saved u": "BCd", "saved r": "BCC", "saved s": "BC", "saved vhat": "BCd", "saved q": "BC"}
+SCAN_GRAD_LAYOUTS = {"grad_updates": "BCd", "grad_decays": "BCC", "grad_scales": "BC"}
+
+
+def _valid_scan_call() -> tuple[dict[str, Tensor], list[Tensor], dict[str, Tensor]]:
+    """Valid inputs of the extension's scan_forward, its results and the gradients scan_backward takes."""
+    g = torch.Generator().manual_seed(0)
+    B, C, d = 2, 3, 4
+    inputs = {name: torch.randn(*({"B": B, "C": C, "d": d}[axis] for axis in layout), generator=g,
+                                dtype=torch.float64) for name, layout in SCAN_LAYOUTS.items()}
+    inputs["starts"] = inputs["starts"] > 0
+    results = load_extension().module.scan_forward(**inputs)
+    grads = {name: torch.ones_like(result) for name, result in zip(SCAN_GRAD_LAYOUTS, results)}
+    return inputs, results, grads
+
+
+def _scan_cases(entry: str, layouts: dict[str, str]):
+    for name, layout in layouts.items():
+        for how in ("rank", "B", "C", "d", "non-contiguous", "dtype"):
+            if how in "BCd" and how not in layout:
+                continue
+            yield pytest.param(name, how, id=f"{entry}-{name}-{how}")
+
+
+@pytest.mark.skipif(os.environ.get(IN_SUBPROCESS) != "1", reason="run by the subprocess test below")
+@pytest.mark.parametrize("name, how", list(_scan_cases("scan_forward", SCAN_LAYOUTS)))
+def test_malformed_scan_forward_call_raises_naming_the_argument(name, how):
+    inputs, _, _ = _valid_scan_call()
+    inputs[name] = _malformed(inputs[name], SCAN_LAYOUTS[name], how)
+    with pytest.raises(RuntimeError, match=name):
+        load_extension().module.scan_forward(**inputs)
+
+
+@pytest.mark.skipif(os.environ.get(IN_SUBPROCESS) != "1", reason="run by the subprocess test below")
+@pytest.mark.parametrize("name, how", list(_scan_cases(
+    "scan_backward", {**SCAN_GRAD_LAYOUTS, **SCAN_LAYOUTS, **SCAN_SAVED_LAYOUTS})))
+def test_malformed_scan_backward_call_raises_naming_the_argument(name, how):
+    inputs, results, grads = _valid_scan_call()
+    saved = dict(zip(SCAN_SAVED_LAYOUTS, results))
+    for args, layouts in ((inputs, SCAN_LAYOUTS), (saved, SCAN_SAVED_LAYOUTS), (grads, SCAN_GRAD_LAYOUTS)):
+        if name in args:
+            args[name] = _malformed(args[name], layouts[name], how)
+    with pytest.raises(RuntimeError, match=name):
+        load_extension().module.scan_backward(**grads, **inputs, saved=list(saved.values()))
+
+
 @pytest.mark.skipif(os.environ.get(IN_SUBPROCESS) != "1", reason="run by the subprocess test below")
 def test_kernel_rejects_d_above_its_limit_a_bad_inputs_tuple_and_a_bad_interval():
     ext = load_extension().module
@@ -535,6 +584,9 @@ def test_kernel_rejects_d_above_its_limit_a_bad_inputs_tuple_and_a_bad_interval(
         ext.backward(grad_reads, grad_final, inputs, saved[:3], 0.5, 1e-5, 2)
     with pytest.raises(RuntimeError, match="ckpt must have shape"):  # checkpoints of another interval
         ext.backward(grad_reads, grad_final, inputs, saved, 0.5, 1e-5, 1)
+    scan_inputs, results, grads = _valid_scan_call()
+    with pytest.raises(RuntimeError, match="saved must hold the 5 results"):
+        ext.scan_backward(**grads, **scan_inputs, saved=results[:4])
 
 
 @needs_kernel
@@ -548,7 +600,9 @@ def test_malformed_kernel_calls_raise_in_a_subprocess():
         env=env, capture_output=True, text=True, timeout=600,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    n_cases = len(list(_forward_cases())) + len(list(_backward_cases())) + 1
+    n_scan_cases = len(list(_scan_cases("f", SCAN_LAYOUTS))) + len(list(_scan_cases(
+        "b", {**SCAN_GRAD_LAYOUTS, **SCAN_LAYOUTS, **SCAN_SAVED_LAYOUTS})))
+    n_cases = len(list(_forward_cases())) + len(list(_backward_cases())) + n_scan_cases + 1
     assert f"{n_cases} passed" in result.stdout, result.stdout[-2000:]
 
 
@@ -556,7 +610,7 @@ def test_malformed_kernel_calls_raise_in_a_subprocess():
 def test_kernel_exports_its_limit_and_runs_the_instruction_set_torch_dispatches_to():
     ext = load_extension().module
     assert sorted(name for name in dir(ext) if not name.startswith("_")) == [
-        "INPUT_NAMES", "MAX_DIM", "backward", "forward", "instruction_set"]
+        "INPUT_NAMES", "MAX_DIM", "backward", "forward", "instruction_set", "scan_backward", "scan_forward"]
     assert tuple(ext.INPUT_NAMES) == RecurrenceInputs._fields
     capability = torch.backends.cpu.get_cpu_capability()
     assert ext.instruction_set() == (capability if capability in ("AVX2", "AVX512") else "DEFAULT")

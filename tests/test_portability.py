@@ -1,4 +1,5 @@
-"""The numeric core and fused-kernel tests pass under every CPU code path that torch can take on this machine.
+"""The numeric core, fused-kernel and chunked-recurrence tests pass under every CPU code path that torch can take on
+this machine.
 
 torch picks its vectorised kernels from ``ATEN_CPU_CAPABILITY`` (``default``, ``avx2``, ``avx512``), and the fused FWM
 kernel is compiled with the instruction set of that capability, so a float tolerance tuned on one CPU can fail on
@@ -21,7 +22,7 @@ import torch
 from fwm_rl.fused import load_extension
 
 REPO = Path(__file__).resolve().parents[1]
-NUMERIC_TEST_FILES = ("tests/test_cores.py", "tests/test_fused.py")
+NUMERIC_TEST_FILES = ("tests/test_cores.py", "tests/test_fused.py", "tests/test_chunked.py")
 # The non-numeric tests of those files that cost seconds (a failing build, a missing compiler, the malformed-call
 # cases in their own child process); the main run has them.
 NOT_NUMERIC = "not build_ext and not fallback and not malformed"

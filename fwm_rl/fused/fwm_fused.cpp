@@ -19,6 +19,7 @@
 #include <string>
 #include <vector>
 
+#include "fwm_scan.h"
 #include "fwm_views.h"
 
 namespace {
@@ -75,7 +76,8 @@ std::string shape_str(at::IntArrayRef shape) {
 
 // dtype, device, contiguity, rank and every dimension of one argument, before any memory is touched.
 void check_tensor(const char* fn, const char* name, const Tensor& x, at::ScalarType dtype,
-                  std::vector<int64_t> shape, const char* layout) {
+                  std::vector<int64_t> shape, const char* layout,
+                  const char* dims_from = "T, B, d from values, N_r from read_edges") {
   TORCH_CHECK(x.defined(), fn, ": ", name, " is undefined");
   TORCH_CHECK(x.device().is_cpu(), fn, ": ", name, " must be a CPU tensor, got device ", x.device());
   TORCH_CHECK(x.scalar_type() == dtype, fn, ": ", name, " must have dtype ", dtype,
@@ -83,7 +85,7 @@ void check_tensor(const char* fn, const char* name, const Tensor& x, at::ScalarT
   TORCH_CHECK(x.dim() == int64_t(shape.size()), fn, ": ", name, " must have rank ", shape.size(), " (", layout,
               "), got shape ", shape_str(x.sizes()));
   TORCH_CHECK(x.sizes() == at::IntArrayRef(shape), fn, ": ", name, " must have shape ", layout, " = ",
-              shape_str(shape), " (T, B, d from values, N_r from read_edges), got ", shape_str(x.sizes()));
+              shape_str(shape), " (", dims_from, "), got ", shape_str(x.sizes()));
   TORCH_CHECK(x.is_contiguous(), fn, ": ", name, " must be contiguous");
 }
 
@@ -250,6 +252,101 @@ std::vector<Tensor> backward(const Tensor& grad_reads, const Tensor& grad_final,
   return grads;
 }
 
+// The scan of the chunked recurrence (fwm_scan.h): its six inputs, checked like the recurrence's.
+struct ScanInputs {
+  Tensor key_gram, old_F0, norm0, write, values, starts;
+};
+
+// B, C, d from values [B, C, d]; every other input checked against them.
+std::array<int64_t, 3> check_scan_inputs(const char* fn, const ScanInputs& in) {
+  TORCH_CHECK(in.values.defined() && in.values.dim() == 3, fn, ": values must have rank 3 ([B, C, d])",
+              in.values.defined() ? ", got shape " + shape_str(in.values.sizes()) : std::string());
+  const auto dtype = in.values.scalar_type();
+  TORCH_CHECK(dtype == torch::kFloat32 || dtype == torch::kFloat64, fn,
+              ": values must be float32 or float64, got ", dtype);
+  const int64_t B = in.values.size(0), C = in.values.size(1), d = in.values.size(2);
+  const char* from = "B, C, d from values";
+  check_tensor(fn, "key_gram", in.key_gram, dtype, {B, C, C}, "[B, C, C]", from);
+  check_tensor(fn, "old_F0", in.old_F0, dtype, {B, C, d}, "[B, C, d]", from);
+  check_tensor(fn, "norm0", in.norm0, dtype, {B}, "[B]", from);
+  check_tensor(fn, "write", in.write, dtype, {B, C}, "[B, C]", from);
+  check_tensor(fn, "values", in.values, dtype, {B, C, d}, "[B, C, d]", from);
+  check_tensor(fn, "starts", in.starts, torch::kBool, {B, C}, "[B, C]", from);
+  return {B, C, d};
+}
+
+template <typename S>
+fwm::scan::Inputs<S> scan_views(const ScanInputs& in, int64_t C, int64_t d) {
+  return {in.key_gram.data_ptr<S>(), in.old_F0.data_ptr<S>(), in.norm0.data_ptr<S>(), in.write.data_ptr<S>(),
+          in.values.data_ptr<S>(),   in.starts.data_ptr<bool>(), C, d};
+}
+
+// Rows per parallel task of the scan: about 2^16 element-steps each.
+int64_t scan_rows_per_task(int64_t C, int64_t d) {
+  return std::max<int64_t>(1, (int64_t(1) << 16) / std::max<int64_t>(1, C * C * d));
+}
+
+// Returns u [B, C, d], r [B, C, C], s [B, C], v̂ [B, C, d] and q [B, C] (the last two for the backward).
+std::vector<Tensor> scan_forward(const Tensor& key_gram, const Tensor& old_F0, const Tensor& norm0,
+                                 const Tensor& write, const Tensor& values, const Tensor& starts) {
+  const ScanInputs in{key_gram, old_F0, norm0, write, values, starts};
+  const auto [B, C, d] = check_scan_inputs("fwm_fused.scan_forward", in);
+  const auto options = values.options();
+  std::vector<Tensor> out{torch::empty({B, C, d}, options), torch::empty({B, C, C}, options),
+                          torch::empty({B, C}, options), torch::empty({B, C, d}, options),
+                          torch::empty({B, C}, options)};
+  py::gil_scoped_release no_gil;
+  AT_DISPATCH_FLOATING_TYPES(values.scalar_type(), "fwm_scan_forward", [&] {
+    const auto v = scan_views<scalar_t>(in, C, d);
+    const fwm::scan::Outputs<scalar_t> o{out[0].data_ptr<scalar_t>(), out[1].data_ptr<scalar_t>(),
+                                         out[2].data_ptr<scalar_t>(), out[3].data_ptr<scalar_t>(),
+                                         out[4].data_ptr<scalar_t>()};
+    at::parallel_for(0, B, scan_rows_per_task(C, d), [&](int64_t begin, int64_t end) {
+      for (int64_t b = begin; b < end; ++b) fwm::scan::forward_row(v, o, b);
+    });
+  });
+  return out;
+}
+
+// Returns the gradients wrt key_gram (zero above the diagonal), old_F0, norm0, write and values, from the
+// gradients wrt u, r and s and the forward's inputs and results.
+std::vector<Tensor> scan_backward(const Tensor& grad_updates, const Tensor& grad_decays, const Tensor& grad_scales,
+                                  const Tensor& key_gram, const Tensor& old_F0, const Tensor& norm0,
+                                  const Tensor& write, const Tensor& values, const Tensor& starts,
+                                  const std::vector<Tensor>& saved) {
+  const char* fn = "fwm_fused.scan_backward";
+  const ScanInputs in{key_gram, old_F0, norm0, write, values, starts};
+  const auto [B, C, d] = check_scan_inputs(fn, in);
+  const auto dtype = values.scalar_type();
+  const char* from = "B, C, d from values";
+  check_tensor(fn, "grad_updates", grad_updates, dtype, {B, C, d}, "[B, C, d]", from);
+  check_tensor(fn, "grad_decays", grad_decays, dtype, {B, C, C}, "[B, C, C]", from);
+  check_tensor(fn, "grad_scales", grad_scales, dtype, {B, C}, "[B, C]", from);
+  TORCH_CHECK(saved.size() == 5, fn, ": saved must hold the 5 results of scan_forward (u, r, s, vhat, q), got ",
+              saved.size());
+  check_tensor(fn, "saved u", saved[0], dtype, {B, C, d}, "[B, C, d]", from);
+  check_tensor(fn, "saved r", saved[1], dtype, {B, C, C}, "[B, C, C]", from);
+  check_tensor(fn, "saved s", saved[2], dtype, {B, C}, "[B, C]", from);
+  check_tensor(fn, "saved vhat", saved[3], dtype, {B, C, d}, "[B, C, d]", from);
+  check_tensor(fn, "saved q", saved[4], dtype, {B, C}, "[B, C]", from);
+  std::vector<Tensor> grads{torch::empty_like(key_gram), torch::empty_like(old_F0), torch::empty_like(norm0),
+                            torch::empty_like(write), torch::empty_like(values)};
+  py::gil_scoped_release no_gil;
+  AT_DISPATCH_FLOATING_TYPES(dtype, "fwm_scan_backward", [&] {
+    using S = scalar_t;
+    const auto v = scan_views<S>(in, C, d);
+    const fwm::scan::Outputs<S> o{saved[0].data_ptr<S>(), saved[1].data_ptr<S>(), saved[2].data_ptr<S>(),
+                                  saved[3].data_ptr<S>(), saved[4].data_ptr<S>()};
+    const fwm::scan::Grads<S> g{grad_updates.data_ptr<S>(), grad_decays.data_ptr<S>(), grad_scales.data_ptr<S>(),
+                                grads[0].data_ptr<S>(),     grads[1].data_ptr<S>(),    grads[2].data_ptr<S>(),
+                                grads[3].data_ptr<S>(),     grads[4].data_ptr<S>()};
+    at::parallel_for(0, B, scan_rows_per_task(C, d), [&](int64_t begin, int64_t end) {
+      for (int64_t b = begin; b < end; ++b) fwm::scan::backward_row(v, o, g, b);
+    });
+  });
+  return grads;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -268,4 +365,14 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "(grad_reads, grad_final, inputs, saved, write_scale, eps, every, read_mask=None) -> 7 gradients",
         py::arg("grad_reads"), py::arg("grad_final"), py::arg("inputs"), py::arg("saved"), py::arg("write_scale"),
         py::arg("eps"), py::arg("every"), py::arg("read_mask") = py::none());
+  m.def("scan_forward", &scan_forward,
+        "Scan of the chunked recurrence: (key_gram, old_F0, norm0, write, values, starts) -> [u, r, s, vhat, q]",
+        py::arg("key_gram"), py::arg("old_F0"), py::arg("norm0"), py::arg("write"), py::arg("values"),
+        py::arg("starts"));
+  m.def("scan_backward", &scan_backward,
+        "Backward of the scan: (grad_u, grad_r, grad_s, key_gram, old_F0, norm0, write, values, starts, saved) -> "
+        "gradients wrt key_gram, old_F0, norm0, write, values",
+        py::arg("grad_updates"), py::arg("grad_decays"), py::arg("grad_scales"), py::arg("key_gram"),
+        py::arg("old_F0"), py::arg("norm0"), py::arg("write"), py::arg("values"), py::arg("starts"),
+        py::arg("saved"));
 }

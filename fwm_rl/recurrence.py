@@ -154,9 +154,13 @@ def fwm_recurrence(inputs: RecurrenceInputs, write_scale: float, implementation:
     inputs = RecurrenceInputs(*inputs)
     inputs.check_shapes()
     read_mask = check_read_mask(read_mask, inputs.values)
-    if implementation == "auto" and (len(inputs.values) >= CHUNKED_MIN_STEPS or inputs.values.device.type != "cpu"):
+    dtypes = sorted({str(x.dtype) for x in inputs[:-1]})
+    if implementation == "auto" and len(dtypes) == 1 and (len(inputs.values) >= CHUNKED_MIN_STEPS
+                                                          or inputs.values.device.type != "cpu"):
         implementation = "chunked"
     if implementation == "chunked":
+        if len(dtypes) > 1:
+            raise ValueError(f"implementation='chunked' takes inputs of one dtype, got {dtypes}")
         if not all(bool(torch.isfinite(x).all()) for x in inputs[:-1]):
             return fwm_recurrence_reference(inputs, write_scale, read_mask)
         return fwm_recurrence_chunked(inputs, write_scale, LAYER_NORM_EPS, read_mask)

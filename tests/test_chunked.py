@@ -187,3 +187,10 @@ def test_a_zero_F0_that_needs_no_gradient_is_skipped_and_the_results_match(scan_
     assert contracted == []  # F₀ never entered a product
     torch.testing.assert_close(reads, expected_reads, rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(final, expected_final, rtol=1e-10, atol=1e-10)
+
+
+def test_chunked_rejects_inputs_of_two_dtypes_naming_them():
+    tensors, starts = make_inputs(T=9, B=2, d=4, n_reads=1)
+    tensors[6] = tensors[6].float()
+    with pytest.raises(ValueError, match=r"one dtype, got \['torch.float32', 'torch.float64'\]"):
+        fwm_recurrence(RecurrenceInputs(*tensors, starts), 0.5, implementation="chunked")

@@ -175,7 +175,7 @@ def fwm_recurrence_chunked(inputs: NamedTuple, write_scale: float, eps: float, r
         if read_steps is not None:
             chunk_reads = chunk_reads.new_zeros(B, part.stop - t0, d).index_copy(1, read_steps, chunk_reads)
         reads.append(chunk_reads)
-    reads = torch.cat(reads, 1).transpose(0, 1)
+    reads = torch.cat(reads, 1).transpose(0, 1) if reads else values.new_zeros(0, B, d)
     if read_mask is not None:
         reads = torch.where(read_mask.unsqueeze(2), reads, reads.new_zeros(()))
     return reads, F

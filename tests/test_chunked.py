@@ -194,3 +194,9 @@ def test_chunked_rejects_inputs_of_two_dtypes_naming_them():
     tensors[6] = tensors[6].float()
     with pytest.raises(ValueError, match=r"one dtype, got \['torch.float32', 'torch.float64'\]"):
         fwm_recurrence(RecurrenceInputs(*tensors, starts), 0.5, implementation="chunked")
+
+
+def test_an_empty_sequence_reads_nothing_and_returns_F0():
+    tensors, starts = make_inputs(T=0, B=2, d=4, n_reads=1, f0_scale=0.5)
+    reads, final = fwm_recurrence(RecurrenceInputs(*tensors, starts), 0.5, implementation="chunked")
+    assert reads.shape == (0, 2, 4) and torch.equal(final, tensors[6])

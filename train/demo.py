@@ -50,7 +50,7 @@ def run_demo(out_dir: Path, quick: bool = False, minutes: Optional[float] = None
         rows.update(report["rows"])
     add_scores(rows, rows)
     curves = plot_runs(run_dirs, out_dir / "learning_curves.png", metric="return",
-                       title="GraphNav: train (dotted) and test (solid) return")
+                       title="GraphNav: train (dotted) and val (dashed) return during training")
     print(format_table(rows))
     print(format_budgets(budgets))
     print(f"learning curves: {curves}")

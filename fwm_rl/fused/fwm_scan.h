@@ -39,7 +39,7 @@ struct Outputs {
   S* tilde_sq;  // [B, C]    q_t
 };
 
-// Gradients wrt the results (any may be null: zero) and the gradients the backward writes.
+// Gradients wrt the results and the gradients the backward writes.
 template <typename S>
 struct Grads {
   const S* updates;  // [B, C, d]
@@ -57,19 +57,23 @@ S clamp_of(S q) {
   return q >= S(1) ? std::sqrt(q) : S(1);
 }
 
+// One batch row's slices of the inputs and of the forward's results.
+template <typename S>
+struct Row {
+  const int64_t C, d;
+  const S *G, *P, *w, *v;
+  const bool* starts;
+  S *U, *R, *A, *VH, *Q;
+
+  Row(const Inputs<S>& in, const Outputs<S>& out, int64_t b)
+      : C(in.C), d(in.d), G(in.key_gram + b * C * C), P(in.old_F0 + b * C * d), w(in.write + b * C),
+        v(in.values + b * C * d), starts(in.starts + b * C), U(out.updates + b * C * d), R(out.decays + b * C * C),
+        A(out.scales + b * C), VH(out.vhat + b * C * d), Q(out.tilde_sq + b * C) {}
+};
+
 template <typename S>
 void forward_row(const Inputs<S>& in, const Outputs<S>& out, int64_t b) {
-  const int64_t C = in.C, d = in.d;
-  const S* G = in.key_gram + b * C * C;
-  const S* P = in.old_F0 + b * C * d;
-  const S* w = in.write + b * C;
-  const S* v = in.values + b * C * d;
-  const bool* starts = in.starts + b * C;
-  S* U = out.updates + b * C * d;
-  S* R = out.decays + b * C * C;
-  S* A = out.scales + b * C;
-  S* VH = out.vhat + b * C * d;
-  S* Q = out.tilde_sq + b * C;
+  const auto [C, d, G, P, w, v, starts, U, R, A, VH, Q] = Row<S>(in, out, b);
   S scale = 1, norm_sq = in.norm0[b];
   for (int64_t t = 0; t < C; ++t) {
     const bool reset = starts[t];
@@ -108,24 +112,13 @@ void forward_row(const Inputs<S>& in, const Outputs<S>& out, int64_t b) {
 
 template <typename S>
 void backward_row(const Inputs<S>& in, const Outputs<S>& saved, const Grads<S>& g, int64_t b) {
-  const int64_t C = in.C, d = in.d;
-  const S* G = in.key_gram + b * C * C;
-  const S* P = in.old_F0 + b * C * d;
-  const S* w = in.write + b * C;
-  const S* v = in.values + b * C * d;
-  const bool* starts = in.starts + b * C;
-  const S* U = saved.updates + b * C * d;
-  const S* R = saved.decays + b * C * C;
-  const S* A = saved.scales + b * C;
-  const S* VH = saved.vhat + b * C * d;
-  const S* Q = saved.tilde_sq + b * C;
+  const auto [C, d, G, P, w, v, starts, U, R, A, VH, Q] = Row<S>(in, saved, b);
   S* gG = g.key_gram + b * C * C;
   S* gP = g.old_F0 + b * C * d;
   S* gw = g.write + b * C;
   S* gv = g.values + b * C * d;
-  std::vector<S> gu(C * d, S(0));  // dL/du_j, gathered from every later step that reads u_j
-  if (g.updates != nullptr)
-    for (int64_t i = 0; i < C * d; ++i) gu[i] = g.updates[b * C * d + i];
+  // dL/du_j: the gradient wrt the result, then what every later step that reads u_j adds
+  std::vector<S> gu(g.updates + b * C * d, g.updates + (b + 1) * C * d);
   std::vector<S> r_bar(C, S(0)), vh_bar(d);  // dL/dr_{t,j} carried from step t+1
   S s_bar = 0, n_bar = 0;                    // dL/ds_t, dL/dN_t carried from step t+1
   for (int64_t i = 0; i < C * C; ++i) gG[i] = 0;
@@ -133,10 +126,10 @@ void backward_row(const Inputs<S>& in, const Outputs<S>& saved, const Grads<S>& 
     const bool reset = starts[t];
     const S q = Q[t], c = clamp_of(q);
     const S* r = R + t * C;
-    const S sb = s_bar + (g.scales != nullptr ? g.scales[b * C + t] : S(0));
+    const S sb = s_bar + g.scales[b * C + t];
     S c_bar = sb * A[t] + 2 * n_bar * q / (c * c);
     for (int64_t j = 0; j <= t; ++j) {
-      r_bar[j] += g.decays != nullptr ? g.decays[b * C * C + t * C + j] : S(0);
+      r_bar[j] += g.decays[b * C * C + t * C + j];
       c_bar += r_bar[j] * r[j];
     }
     c_bar = -c_bar / c;

@@ -9,18 +9,19 @@ each scaled by the clamps that followed it (K_j = k_s,j ⊗ k_r,j, u_j = λβ_j 
 contracted with is rank-1 (K_t for the old value, n ⊗ e⁽ⁱ⁾ for a read), and ⟨K_j, x ⊗ y⟩ = (k_s,j·x)(k_r,j·y), so:
 
 * v̂_t = a_{t−1} ⟨F₀, K_t⟩ + Σ_{j<t} r_{t−1,j} (K_j·K_t) u_j, and ‖F̃_t‖² = ‖F_{t−1}‖² + 2 u_t·v̂_t + ‖K_t‖²‖u_t‖²:
-  the only sequential part, a loop over the chunk's steps on ``[B, C]`` and ``[B, C, d]`` tensors;
-* read i of every step at once: a_t ⟨F₀, n ⊗ e⟩ (one batched matrix product over the chunk) plus
-  ``[C, C] @ [C, d]`` with the chunk's (k_s·n)(k_r·e) r_tj;
-* F at the chunk's end: a_C F₀ + ``[d², C] @ [C, d]``.
+  the only sequential part, the scan, a loop over the chunk's steps on ``[C, C]`` and ``[C, d]`` arrays per row;
+* read i of every step at once: a_t ⟨F₀, n ⊗ e⁽ⁱ⁾⟩ plus ``[C, C] @ [C, d]`` with the weights r_tj (k_s,j·n)(k_r,j·e⁽ⁱ⁾);
+* F at the chunk's end: a_C F₀ + ``[d², C] @ [C, d]``, Σ_j r_Cj K_j ⊗ u_j.
 
-F₀ is only touched at a chunk's start, by batched products (skipped where every row starts an episode there, or
-where F₀ is zero and needs no gradient), and
-the sequences in the chunk never build a d³ tensor. Autograd differentiates it, so the backward is the same batched
-products. It runs on any device and dtype torch's ``bmm`` takes. It is exact in exact arithmetic; with finite inputs
-it agrees with :func:`fwm_rl.recurrence.fwm_recurrence_reference` to rounding (float64: 1e-12). A non-finite value
-would leak through the multiplies by zero that stand for a reset here, so :func:`fwm_rl.recurrence.fwm_recurrence`
-runs the reference on inputs that are not all finite.
+So F₀ is read only at a chunk's start (skipped where every row starts an episode there, or where F₀ is a zero that
+needs no gradient), F is written only at its end, and nothing d³-sized is made per step. The products with F₀ and F
+are batched matrix products over the chunk's outer products, whose backward autograd gives. The scan is a C++ kernel
+of :mod:`fwm_rl.fused` with a hand-written backward on CPU; elsewhere, or without the extension, its PyTorch twin
+:func:`scan_reference`, its specification, runs, so the chunked form runs on any device and float dtype.
+
+It is exact in exact arithmetic; with finite inputs it agrees with :func:`fwm_rl.recurrence.fwm_recurrence_reference`
+to rounding (float64: 1e-12). A non-finite value would leak through the multiplies by zero that stand for a reset
+here, so :func:`fwm_rl.recurrence.fwm_recurrence` runs the reference on inputs that are not all finite.
 """
 from __future__ import annotations
 

@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import Tensor
 
+import fwm_rl.fused.function as fused_function
 from fwm_rl import chunked
 from fwm_rl.fused import load_extension
 from fwm_rl.recurrence import RecurrenceInputs, fwm_recurrence
@@ -200,3 +201,18 @@ def test_an_empty_sequence_reads_nothing_and_returns_F0():
     tensors, starts = make_inputs(T=0, B=2, d=4, n_reads=1, f0_scale=0.5)
     reads, final = fwm_recurrence(RecurrenceInputs(*tensors, starts), 0.5, implementation="chunked")
     assert reads.shape == (0, 2, 4) and torch.equal(final, tensors[6])
+
+
+def test_auto_takes_the_chunked_form_from_CHUNKED_MIN_STEPS_on_and_the_fused_kernel_below(monkeypatch):
+    from fwm_rl import recurrence
+
+    taken = []
+    monkeypatch.setattr(recurrence, "fwm_recurrence_chunked",
+                        lambda *args: taken.append("chunked") or chunked.fwm_recurrence_chunked(*args))
+    monkeypatch.setattr(recurrence, "fwm_recurrence_fused",
+                        lambda *args: taken.append("fused") or fused_function.fwm_recurrence_fused(*args))
+    for T in (recurrence.CHUNKED_MIN_STEPS - 1, recurrence.CHUNKED_MIN_STEPS):
+        tensors, starts = make_inputs(T=T, B=2, d=4, n_reads=1)
+        fwm_recurrence(RecurrenceInputs(*tensors, starts), 0.5)
+    expected_short = "fused" if load_extension().module is not None else None
+    assert taken == [x for x in (expected_short, "chunked") if x is not None]

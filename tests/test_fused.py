@@ -387,6 +387,14 @@ def test_fallback_gives_the_reference_and_warns_once(unavailable_kernel):
         fwm_recurrence(RecurrenceInputs(*tensors, starts), 0.25, implementation="fused")
 
 
+@pytest.mark.parametrize("unavailable_kernel", ["no compiler"], indirect=True)
+def test_a_build_started_by_the_first_call_says_so_once_on_stderr(unavailable_kernel, capsys):
+    load_extension()
+    load_extension()
+    message = capsys.readouterr().err
+    assert message.count("fwm_rl: compiling the fused FWM kernel into") == 1 and "make install" in message
+
+
 def _assert_build_ext_exits_zero_without_a_compiler(cache: Path) -> None:
     """``python -m fwm_rl.build_ext`` with the extension cache in ``cache`` and no C++ compiler: it reports the
     failed build and exits 0 (the reference recurrence serves)."""

@@ -105,7 +105,11 @@ def load_extension() -> ExtensionStatus:
     if os.environ.get(DISABLE_ENV, "") not in ("", "0"):
         return ExtensionStatus(None, f"disabled by {DISABLE_ENV}={os.environ[DISABLE_ENV]}")
     try:
-        module = _import_built(build_directory()) or build()
+        module = _import_built(build_directory())
+        if module is None:  # say so: the first call, inside a timed run perhaps, waits minutes for the compiler
+            print(f"fwm_rl: compiling the fused FWM kernel into {build_directory()} (3-6 minutes, once; "
+                  "`make install` or `python -m fwm_rl.build_ext` does it ahead)", file=sys.stderr, flush=True)
+            module = build()
     except Exception as error:  # no compiler, no ninja, failed build or import: all mean "use the reference"
         summary = (str(error).strip().splitlines() or [""])[0].split(": [")[0][:120]
         return ExtensionStatus(

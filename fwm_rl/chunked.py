@@ -152,9 +152,9 @@ def _chunk(ks: Tensor, kr: Tensor, values: Tensor, write: Tensor, queries: Tenso
     return n, F_end
 
 
-def fwm_recurrence_chunked(inputs: NamedTuple, write_scale: float, eps: float, read_mask: Optional[Tensor] = None,
-                           chunk_steps: Optional[int] = None) -> tuple[Tensor, Tensor]:
-    """The FWM recurrence in chunks of ``chunk_steps`` steps (None: ``CHUNK_STEPS``; arguments and results as
+def fwm_recurrence_chunked(inputs: NamedTuple, write_scale: float, eps: float, read_mask: Optional[Tensor] = None
+                           ) -> tuple[Tensor, Tensor]:
+    """The FWM recurrence in chunks of ``CHUNK_STEPS`` steps (arguments and results as
     :func:`fwm_rl.recurrence.fwm_recurrence_reference`; the caller checks the shapes and that the inputs are finite).
 
     :param inputs: a ``RecurrenceInputs`` (time-major ``[T, B, ...]``)
@@ -163,13 +163,12 @@ def fwm_recurrence_chunked(inputs: NamedTuple, write_scale: float, eps: float, r
     """
     keys_s, keys_r, values, beta, read_queries, read_edges, F, episode_starts = inputs
     T, B, d = values.shape
-    chunk_steps = chunk_steps or CHUNK_STEPS
     batch_major = [x.transpose(0, 1) for x in (keys_s, keys_r, values, read_queries, read_edges)]
     write = (write_scale * beta).transpose(0, 1)
     starts = episode_starts.transpose(0, 1)
     reads = []
-    for t0 in range(0, T, chunk_steps):
-        part = slice(t0, min(T, t0 + chunk_steps))
+    for t0 in range(0, T, CHUNK_STEPS):
+        part = slice(t0, min(T, t0 + CHUNK_STEPS))
         read_steps = None if read_mask is None else read_mask[part].any(dim=1).nonzero().squeeze(1)
         ks, kr, v, n0, e = (x[:, part] for x in batch_major)
         chunk_reads, F = _chunk(ks, kr, v, write[:, part], n0, e, F, starts[:, part], read_steps, eps)

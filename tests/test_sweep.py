@@ -18,7 +18,7 @@ from scipy.stats import bootstrap
 
 from fwm_rl.train.cli import main
 from fwm_rl.train.report import iqm, probability_of_improvement, write_report
-from fwm_rl.train.sweep import selection_warning
+from fwm_rl.train.sweep import runs_to_do, selection_warning
 from test_cli_rundir import run_main as cli  # fwm-rl ARGV in this process: (exit code, stdout, stderr)
 
 CONFIGS = ["gridmaze-mlp", "gridmaze-lstm"]
@@ -120,6 +120,14 @@ def test_killed_sweep_redoes_only_unfinished_runs(killed_and_resumed):
         report = json.loads((folder / runs[name]["evaluations"]["test"]).read_text())
         assert report["env_kwargs"]["split"] == "test" and report["rows"][name]["episodes"] == 3
         assert report["model"].endswith(f"{name}/model.zip")
+
+
+def test_unfinished_runs_go_seed_by_seed_so_a_stopped_sweep_holds_every_agent():
+    states = {("a", 0): "done", ("a", 1): "pending", ("a", 2): "training", ("b", 0): "failed", ("b", 1): "pending",
+              ("b", 2): "pending", ("c", 0): "interrupted", ("c", 1): "done", ("c", 2): "pending"}
+    runs = {f"{agent}-seed{seed}": {"agent": agent, "seed": seed, "state": state}
+            for (agent, seed), state in sorted(states.items())}  # the manifest file's (alphabetical) order
+    assert runs_to_do(runs) == ["b-seed0", "c-seed0", "a-seed1", "b-seed1", "a-seed2", "b-seed2", "c-seed2"]
 
 
 def test_rerun_of_a_finished_sweep_runs_nothing_and_other_settings_are_refused(killed_and_resumed, capsys):

@@ -307,6 +307,12 @@ def _merge_grid(manifest: dict[str, Any], configs: list[str], seeds: int) -> Non
             manifest["runs"].setdefault(name, {"agent": agent, "config": config_arg, "seed": seed, "state": PENDING})
 
 
+def runs_to_do(runs: dict[str, dict[str, Any]]) -> list[str]:
+    """The unfinished runs of a manifest, seed by seed (every agent's seed 0, then every agent's seed 1, ...), so that
+    a sweep stopped part-way holds as many seeds of every agent."""
+    return sorted((name for name, run in runs.items() if run["state"] != DONE), key=lambda name: runs[name]["seed"])
+
+
 def _check_settings(stored: dict[str, Any], given: dict[str, Any], folder: Path) -> None:
     for key in SETTINGS:
         if stored[key] != given[key]:
@@ -385,7 +391,7 @@ def _cores() -> int:
 def _run_all(sweep: Sweep, jobs: int, progress_bar: bool) -> int:
     from tqdm.auto import tqdm
 
-    todo = [name for name, run in sweep.runs.items() if run["state"] != DONE]
+    todo = runs_to_do(sweep.runs)
     for name in todo:
         run = sweep.runs[name]
         if run["state"] == TRAINING and _alive(run.get("pid"), name):

@@ -40,6 +40,7 @@ import torch
 import torch.nn.functional as nnf
 from torch import Tensor
 
+from fwm_rl import chunked
 from fwm_rl.fused import load_extension
 from fwm_rl.recurrence import LAYER_NORM_EPS, RecurrenceInputs, fwm_recurrence
 
@@ -90,11 +91,23 @@ def official_style_loop(inputs: RecurrenceInputs, write_scale: float) -> tuple[T
     return torch.stack(reads), F
 
 
+def chunked_with_bmm_products(inputs: RecurrenceInputs, write_scale: float) -> tuple[Tensor, Tensor]:
+    """The chunked form with the PyTorch twins of its rank-1 products (outer products and bmm; the form before the
+    C++ ``contract`` / ``rank1_sum``), for before/after comparisons."""
+    kernels = chunked.contract, chunked.rank1_sum
+    chunked.contract, chunked.rank1_sum = chunked.contract_reference, chunked.rank1_sum_reference
+    try:
+        return fwm_recurrence(inputs, write_scale, implementation="chunked")
+    finally:
+        chunked.contract, chunked.rank1_sum = kernels
+
+
 # Each takes (inputs, write scale, the read mask of the configuration); "... at targets" reads only where it is True.
 IMPLEMENTATIONS: dict[str, Callable[..., tuple[Tensor, Tensor]]] = {
     "chunked": lambda inputs, scale, mask: fwm_recurrence(inputs, scale, implementation="chunked"),
     "chunked, reads at targets": lambda inputs, scale, mask: fwm_recurrence(inputs, scale, implementation="chunked",
                                                                             read_mask=mask),
+    "chunked, bmm products": lambda inputs, scale, mask: chunked_with_bmm_products(inputs, scale),
     "fused": lambda inputs, scale, mask: fwm_recurrence(inputs, scale, implementation="fused"),
     "fused, reads at targets": lambda inputs, scale, mask: fwm_recurrence(inputs, scale, implementation="fused",
                                                                           read_mask=mask),

@@ -14,10 +14,11 @@ contracted with is rank-1 (K_t for the old value, n ⊗ e⁽ⁱ⁾ for a read), 
 * F at the chunk's end: a_C F₀ + ``[d², C] @ [C, d]``, Σ_j r_Cj K_j ⊗ u_j.
 
 So F₀ is read only at a chunk's start (skipped where every row starts an episode there, or where F₀ is a zero that
-needs no gradient), F is written only at its end, and nothing d³-sized is made per step. The products with F₀ and F
-are batched matrix products over the chunk's outer products, whose backward autograd gives. The scan is a C++ kernel
-of :mod:`fwm_rl.fused` with a hand-written backward on CPU; elsewhere, or without the extension, its PyTorch twin
-:func:`scan_reference`, its specification, runs, so the chunked form runs on any device and float dtype.
+needs no gradient), F is written only at its end, and nothing d³-sized is made per step. On CPU the scan and the
+products with F₀ and F (``contract``, ``rank1_sum``) are C++ kernels of :mod:`fwm_rl.fused` with hand-written
+backwards; the products never write the d²-long outer products. Elsewhere, or without the extension, their PyTorch
+twins (:func:`scan_reference`, :func:`contract_reference`, :func:`rank1_sum_reference`: batched matrix products over
+the outer products, and their specification) run, so the chunked form runs on any device and float dtype.
 
 It is exact in exact arithmetic; with finite inputs it agrees with :func:`fwm_rl.recurrence.fwm_recurrence_reference`
 to rounding (float64: 1e-12). A non-finite value would leak through the multiplies by zero that stand for a reset
@@ -46,11 +47,74 @@ def outer(x: Tensor, y: Tensor) -> Tensor:
     return (x.unsqueeze(3) * y.unsqueeze(2)).reshape(B, C, d * d)
 
 
-def contract(F: Tensor, queries: Tensor) -> Tensor:
-    """⟨F, q⟩ over F's first two axes for C flattened rank-1 queries per row: ``F [B, d, d, d]``,
-    ``queries [B, C, d²]`` → ``[B, C, d]`` (one batched matrix product)."""
+def contract_reference(F: Tensor, x: Tensor, y: Tensor) -> Tensor:
+    """⟨F, x_c ⊗ y_c⟩ over F's first two axes for C pairs per row: ``F [B, d, d, d]``, ``x, y [B, C, d]`` →
+    ``[B, C, d]``, as one batched matrix product with the outer products (the specification of ``contract``)."""
     B, d = F.shape[:2]
-    return torch.bmm(queries, F.reshape(B, d * d, d))
+    return torch.bmm(outer(x, y), F.reshape(B, d * d, d))
+
+
+def rank1_sum_reference(x: Tensor, y: Tensor, w: Tensor) -> Tensor:
+    """Σ_c x_c ⊗ y_c ⊗ w_c: ``x, y, w [B, C, d]`` → ``[B, d, d, d]`` (the specification of ``rank1_sum``)."""
+    B, C, d = x.shape
+    return torch.bmm(outer(x, y).transpose(1, 2), w).view(B, d, d, d)
+
+
+class Contract(torch.autograd.Function):
+    """:func:`contract_reference` by the C++ kernel (``fwm_fused.contract``; backward ``rank1_sum`` and
+    ``rank_one_grads``), which never writes the d²-long outer products."""
+
+    @staticmethod
+    def forward(ctx: Any, F: Tensor, x: Tensor, y: Tensor) -> Tensor:
+        ctx.save_for_backward(F, x, y)
+        return load_extension().module.contract(F, x, y)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad: Tensor) -> tuple[Optional[Tensor], ...]:
+        F, x, y = ctx.saved_tensors
+        module, grad = load_extension().module, grad.contiguous()
+        grad_F = module.rank1_sum(x, y, grad) if ctx.needs_input_grad[0] else None
+        grad_x, grad_y = module.rank_one_grads(F, x, y, grad) if any(ctx.needs_input_grad[1:]) else (None, None)
+        return grad_F, grad_x, grad_y
+
+
+class RankOneSum(torch.autograd.Function):
+    """:func:`rank1_sum_reference` by the C++ kernel (``fwm_fused.rank1_sum``; backward ``contract`` and
+    ``rank_one_grads``)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, y: Tensor, w: Tensor) -> Tensor:
+        ctx.save_for_backward(x, y, w)
+        return load_extension().module.rank1_sum(x, y, w)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad: Tensor) -> tuple[Optional[Tensor], ...]:
+        x, y, w = ctx.saved_tensors
+        module, grad = load_extension().module, grad.contiguous()
+        grad_x, grad_y = module.rank_one_grads(grad, x, y, w) if any(ctx.needs_input_grad[:2]) else (None, None)
+        grad_w = module.contract(grad, x, y) if ctx.needs_input_grad[2] else None
+        return grad_x, grad_y, grad_w
+
+
+def _kernel_runs(x: Tensor) -> bool:
+    """Whether the C++ kernels take tensors like ``x`` (CPU, float32 or float64, extension built)."""
+    return x.device.type == "cpu" and x.dtype in SUPPORTED_DTYPES and load_extension().module is not None
+
+
+def contract(F: Tensor, x: Tensor, y: Tensor) -> Tensor:
+    """:func:`contract_reference` (same arguments and result), by the C++ kernel on CPU where it is built."""
+    if _kernel_runs(x):
+        return Contract.apply(F.contiguous(), x.contiguous(), y.contiguous())
+    return contract_reference(F, x, y)
+
+
+def rank1_sum(x: Tensor, y: Tensor, w: Tensor) -> Tensor:
+    """:func:`rank1_sum_reference` (same arguments and result), by the C++ kernel on CPU where it is built."""
+    if _kernel_runs(x):
+        return RankOneSum.apply(x.contiguous(), y.contiguous(), w.contiguous())
+    return rank1_sum_reference(x, y, w)
 
 
 def scan_reference(key_gram: Tensor, old_F0: Tensor, norm0: Tensor, write: Tensor, values: Tensor, starts: Tensor
@@ -116,7 +180,7 @@ def scan(key_gram: Tensor, old_F0: Tensor, norm0: Tensor, write: Tensor, values:
          ) -> tuple[Tensor, Tensor, Tensor]:
     """:func:`scan_reference` (same arguments and results), by the C++ kernel on CPU where it is built."""
     inputs = [x.contiguous() for x in (key_gram, old_F0, norm0, write, values, starts)]
-    if values.device.type == "cpu" and values.dtype in SUPPORTED_DTYPES and load_extension().module is not None:
+    if _kernel_runs(values):
         return Scan.apply(*inputs)
     return scan_reference(*inputs)
 
@@ -130,13 +194,12 @@ def _chunk(ks: Tensor, kr: Tensor, values: Tensor, write: Tensor, queries: Tenso
     key_gram = torch.bmm(ks, ks.transpose(1, 2)) * torch.bmm(kr, kr.transpose(1, 2))  # (B, C, C): K_t · K_j
     # F₀ counts where some row carries it into the chunk, unless it is a constant zero (a fresh state)
     use_F0 = bool((~starts[:, 0]).any()) and (F0.requires_grad or bool(F0.any()))
-    keys = outer(ks, kr)  # (B, C, d²): K_t
     if use_F0:
-        old_F0, norm0 = contract(F0, keys), F0.flatten(1).square().sum(1)  # ⟨F₀, K_t⟩, ‖F₀‖²
+        old_F0, norm0 = contract(F0, ks, kr), F0.flatten(1).square().sum(1)  # ⟨F₀, K_t⟩, ‖F₀‖²
     else:
         old_F0, norm0 = values.new_zeros(B, C, d), values.new_zeros(B)
     U, R, scales = scan(key_gram, old_F0, norm0, write, values, starts)  # (B, C, d), (B, C, C), (B, C)
-    F_end = torch.bmm(keys.transpose(1, 2), R[:, -1].unsqueeze(2) * U).view(B, d, d, d)  # Σ_j r_Cj K_j ⊗ u_j
+    F_end = rank1_sum(ks, kr, R[:, -1].unsqueeze(2) * U)  # Σ_j r_Cj K_j ⊗ u_j
     if use_F0:
         F_end = F_end + scales[:, -1].view(B, 1, 1, 1) * F0
     if read_steps is not None:
@@ -147,7 +210,7 @@ def _chunk(ks: Tensor, kr: Tensor, values: Tensor, write: Tensor, queries: Tenso
         weights = R * torch.bmm(n, ks.transpose(1, 2)) * torch.bmm(e, kr.transpose(1, 2))  # (B, C', C)
         read = torch.bmm(weights, U)  # (B, C', d): Σ_j r_tj ⟨K_j, n ⊗ e⟩ u_j
         if use_F0:
-            read = read + scales.unsqueeze(2) * contract(F0, outer(n, e))
+            read = read + scales.unsqueeze(2) * contract(F0, n, e)
         n = nnf.layer_norm(read, (d,), eps=eps)
     return n, F_end
 

@@ -18,14 +18,17 @@ from test_fused import FLOAT32_REL_BOUND, assert_all_close, make_inputs, make_re
 needs_kernel = pytest.mark.skipif(
     load_extension().module is None, reason=f"fused kernel unavailable: {load_extension().reason}"
 )
-SCANS = ["pytorch", pytest.param("c++", marks=needs_kernel)]
+KERNELS = ["pytorch", pytest.param("c++", marks=needs_kernel)]
 
 
-@pytest.fixture(params=SCANS)
-def scan_kind(request, monkeypatch) -> str:
-    """Runs the test with the C++ scan and again with the PyTorch scan (the path off CPU)."""
+@pytest.fixture(params=KERNELS)
+def kernel_kind(request, monkeypatch) -> str:
+    """Runs the test with the C++ kernels (scan, rank-1 products) and again with their PyTorch twins (the path off
+    CPU)."""
     if request.param == "pytorch":
         monkeypatch.setattr(chunked, "scan", chunked.scan_reference)
+        monkeypatch.setattr(chunked, "contract", chunked.contract_reference)
+        monkeypatch.setattr(chunked, "rank1_sum", chunked.rank1_sum_reference)
     return request.param
 
 
@@ -35,7 +38,7 @@ def chunk_steps(monkeypatch, request) -> int:
     return request.param
 
 
-def test_chunked_equals_naive_per_row_oracle_float64(scan_kind):
+def test_chunked_equals_naive_per_row_oracle_float64(kernel_kind):
     tensors, starts = make_inputs(T=7, B=3, d=5, n_reads=3, f0_scale=0.5)
     reads, final = fwm_recurrence(RecurrenceInputs(*tensors, starts), 0.8, implementation="chunked")
     naive_reads, naive_final = naive_recurrence(tensors, starts, 0.8)
@@ -53,7 +56,7 @@ def test_chunked_equals_naive_per_row_oracle_float64(scan_kind):
         (13, 3, 8, 2, 0.3, 0.3),
     ],
 )
-def test_chunked_matches_reference_float64_with_resets_and_chunks(scan_kind, chunk_steps, T, B, d, n_reads,
+def test_chunked_matches_reference_float64_with_resets_and_chunks(kernel_kind, chunk_steps, T, B, d, n_reads,
                                                                   write_scale, f0_scale, monkeypatch):
     tensors, starts = make_inputs(T, B, d, n_reads, f0_scale=f0_scale)
     chunk_lengths = []
@@ -64,7 +67,7 @@ def test_chunked_matches_reference_float64_with_resets_and_chunks(scan_kind, chu
     assert chunk_lengths == [min(chunk_steps, T - t0) for t0 in range(0, T, chunk_steps)]
 
 
-def test_every_row_starting_at_step_0_skips_F0_and_still_matches(scan_kind):
+def test_every_row_starting_at_step_0_skips_F0_and_still_matches(kernel_kind):
     tensors, starts = make_inputs(T=10, B=3, d=6, n_reads=2, f0_scale=0.5)
     starts[0] = True
     result = run_with_grads("chunked", tensors, starts, 0.5)
@@ -100,7 +103,7 @@ def test_float32_chunked_stays_within_the_measured_float32_error_bound(d):
 
 @pytest.mark.parametrize("chunk_steps", [4], indirect=True)
 @pytest.mark.parametrize("split", [None, 5])
-def test_skipping_reads_leaves_a_loss_at_the_targets_and_its_gradients_unchanged(scan_kind, chunk_steps, split):
+def test_skipping_reads_leaves_a_loss_at_the_targets_and_its_gradients_unchanged(kernel_kind, chunk_steps, split):
     T, B, d, n_reads = 12, 4, 6, 3
     tensors, starts = make_inputs(T, B, d, n_reads, f0_scale=0.4)
     target = make_read_mask(T, B)
@@ -177,7 +180,56 @@ def test_cpp_scan_gradcheck_float64():
     assert torch.autograd.gradcheck(lambda *xs: chunked.Scan.apply(*xs, inputs[5]), floats, eps=1e-6, atol=1e-6)
 
 
-def test_a_zero_F0_that_needs_no_gradient_is_skipped_and_the_results_match(scan_kind, monkeypatch):
+# Vector widths in lanes: float32 8 (AVX2), 16 (AVX-512), 4 (SSE2); float64 half that. The d below give the kernels
+# rows of 1, 2, 4 and 8 vectors on each, and the plain loops for the rest.
+RANK_ONE_DIMS = [1, 2, 3, 4, 5, 8, 16, 32]
+
+
+def rank_one_inputs(B: int, C: int, d: int, dtype: torch.dtype, seed: int = 0) -> list[Tensor]:
+    """F [B, d, d, d] and x, y, w [B, C, d]."""
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(B, d, d, d, generator=g, dtype=dtype),
+            *(torch.randn(B, C, d, generator=g, dtype=dtype) for _ in range(3))]
+
+
+@needs_kernel
+@pytest.mark.parametrize("dtype, rel", [(torch.float64, 1e-12), (torch.float32, 1e-5)])
+@pytest.mark.parametrize("C", [1, 5, 30])
+@pytest.mark.parametrize("d", RANK_ONE_DIMS)
+def test_cpp_rank_one_products_equal_their_pytorch_twins_with_every_gradient(d, C, dtype, rel):
+    """contract and rank1_sum (the products with F₀ and the chunk's end F) against the outer products and bmm."""
+    inputs = rank_one_inputs(3, C, d, dtype, seed=d + C)
+    g = torch.Generator().manual_seed(1)
+    for kernel, twin, args, names in ((chunked.Contract.apply, chunked.contract_reference, inputs[:3], "Fxy"),
+                                      (chunked.RankOneSum.apply, chunked.rank1_sum_reference, inputs[1:], "xyw")):
+        results = []
+        for fn in (kernel, twin):
+            leaves = [x.clone().requires_grad_() for x in args]
+            out = fn(*leaves)
+            weights = torch.randn(out.shape, generator=g.manual_seed(2), dtype=dtype)
+            (out * weights).sum().backward()
+            results.append([out, *(x.grad for x in leaves)])
+        for name, a, e in zip(["result", *(f"grad {n}" for n in names)], *results):
+            scale = e.abs().max().item()
+            assert (a - e).abs().max().item() <= rel * scale, f"{kernel.__self__.__name__}: {name}"
+
+
+@needs_kernel
+def test_cpp_rank_one_products_gradcheck_float64():
+    F, x, y, w = (t.requires_grad_() for t in rank_one_inputs(2, 3, 4, torch.float64, seed=5))
+    assert torch.autograd.gradcheck(chunked.Contract.apply, (F, x, y), eps=1e-6, atol=1e-6)
+    assert torch.autograd.gradcheck(chunked.RankOneSum.apply, (x, y, w), eps=1e-6, atol=1e-6)
+
+
+@needs_kernel
+def test_cpp_rank_one_products_compute_only_the_gradients_asked_for():
+    F, x, y, _ = rank_one_inputs(2, 3, 8, torch.float64)
+    x.requires_grad_()
+    chunked.Contract.apply(F, x, y).sum().backward()
+    assert x.grad is not None and F.grad is None and y.grad is None
+
+
+def test_a_zero_F0_that_needs_no_gradient_is_skipped_and_the_results_match(kernel_kind, monkeypatch):
     tensors, starts = make_inputs(T=9, B=3, d=5, n_reads=2)
     tensors[6] = torch.zeros_like(tensors[6])  # a fresh state, as initial_state() gives
     contracted = []

@@ -572,6 +572,33 @@ def test_malformed_scan_backward_call_raises_naming_the_argument(name, how):
         load_extension().module.scan_backward(**grads, **inputs, saved=list(saved.values()))
 
 
+# The rank-1 products of the chunked form: their arguments, in order, and the layouts of all of them.
+RANK_ONE_ENTRIES = {"contract": ("fast_weights", "x", "y"), "rank1_sum": ("x", "y", "w"),
+                    "rank_one_grads": ("fast_weights", "x", "y", "grad")}
+RANK_ONE_LAYOUTS = {"fast_weights": "Bddd", "x": "BCd", "y": "BCd", "w": "BCd", "grad": "BCd"}
+
+
+def _rank_one_cases():
+    for entry, names in RANK_ONE_ENTRIES.items():
+        for name in names:
+            for how in ("rank", "B", "C", "d", "non-contiguous", "dtype"):
+                if how == "C" and "C" not in RANK_ONE_LAYOUTS[name]:
+                    continue
+                yield pytest.param(entry, name, how, id=f"{entry}-{name}-{how}")
+
+
+@pytest.mark.skipif(os.environ.get(IN_SUBPROCESS) != "1", reason="run by the subprocess test below")
+@pytest.mark.parametrize("entry, name, how", list(_rank_one_cases()))
+def test_malformed_rank_one_call_raises_naming_the_argument(entry, name, how):
+    g = torch.Generator().manual_seed(0)
+    B, C, d = 2, 3, 4
+    args = {arg: torch.randn(*({"B": B, "C": C, "d": d}[axis] for axis in RANK_ONE_LAYOUTS[arg]), generator=g,
+                             dtype=torch.float64) for arg in RANK_ONE_ENTRIES[entry]}
+    args[name] = _malformed(args[name], RANK_ONE_LAYOUTS[name], how)
+    with pytest.raises(RuntimeError, match=rf"\b{name}\b"):
+        getattr(load_extension().module, entry)(**args)
+
+
 @pytest.mark.skipif(os.environ.get(IN_SUBPROCESS) != "1", reason="run by the subprocess test below")
 def test_kernel_rejects_d_above_its_limit_a_bad_inputs_tuple_and_a_bad_interval():
     ext = load_extension().module
@@ -595,6 +622,11 @@ def test_kernel_rejects_d_above_its_limit_a_bad_inputs_tuple_and_a_bad_interval(
     scan_inputs, results, grads = _valid_scan_call()
     with pytest.raises(RuntimeError, match="saved must hold the 5 results"):
         ext.scan_backward(**grads, **scan_inputs, saved=results[:4])
+    pairs = torch.zeros(1, 2, d, dtype=torch.float32)
+    with pytest.raises(RuntimeError, match=rf"d \(x.shape\[2\]\) must be in \[1, {ext.MAX_DIM}\]"):
+        ext.rank1_sum(pairs, pairs, pairs)
+    with pytest.raises(RuntimeError, match="x must be float32 or float64"):
+        ext.contract(torch.zeros(1, 2, 2, 2, dtype=torch.int64), *(torch.zeros(1, 2, 2, dtype=torch.int64),) * 2)
 
 
 @needs_kernel
@@ -610,7 +642,8 @@ def test_malformed_kernel_calls_raise_in_a_subprocess():
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     n_scan_cases = len(list(_scan_cases("f", SCAN_LAYOUTS))) + len(list(_scan_cases(
         "b", {**SCAN_GRAD_LAYOUTS, **SCAN_LAYOUTS, **SCAN_SAVED_LAYOUTS})))
-    n_cases = len(list(_forward_cases())) + len(list(_backward_cases())) + n_scan_cases + 1
+    n_cases = len(list(_forward_cases())) + len(list(_backward_cases())) + n_scan_cases + \
+        len(list(_rank_one_cases())) + 1
     assert f"{n_cases} passed" in result.stdout, result.stdout[-2000:]
 
 
@@ -618,7 +651,8 @@ def test_malformed_kernel_calls_raise_in_a_subprocess():
 def test_kernel_exports_its_limit_and_runs_the_instruction_set_torch_dispatches_to():
     ext = load_extension().module
     assert sorted(name for name in dir(ext) if not name.startswith("_")) == [
-        "INPUT_NAMES", "MAX_DIM", "backward", "forward", "instruction_set", "scan_backward", "scan_forward"]
+        "INPUT_NAMES", "MAX_DIM", "backward", "contract", "forward", "instruction_set", "rank1_sum", "rank_one_grads",
+        "scan_backward", "scan_forward"]
     assert tuple(ext.INPUT_NAMES) == RecurrenceInputs._fields
     capability = torch.backends.cpu.get_cpu_capability()
     assert ext.instruction_set() == (capability if capability in ("AVX2", "AVX512") else "DEFAULT")

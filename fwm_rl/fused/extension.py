@@ -30,7 +30,8 @@ NAME = "fwm_fused"
 # The binding and one translation unit per instruction set (ninja compiles them in parallel).
 SOURCES = tuple(Path(__file__).with_name(f"{name}.cpp")
                 for name in ("fwm_fused", "fwm_isa_avx512", "fwm_isa_avx2", "fwm_isa_baseline"))
-HEADERS = tuple(Path(__file__).with_name(name) for name in ("fwm_views.h", "fwm_kernel.h", "fwm_scan.h"))
+HEADERS = tuple(Path(__file__).with_name(name)
+                for name in ("fwm_views.h", "fwm_kernel.h", "fwm_scan.h", "fwm_rank_one.h"))
 DISABLE_ENV = "FWM_RL_NO_FUSED"
 CACHE_ENV = "FWM_RL_EXTENSIONS_DIR"
 LIBRARY_SUFFIX = ".pyd" if sys.platform == "win32" else ".so"

@@ -1,10 +1,12 @@
 // Fused CPU kernel of the FWM fast-weight recurrence (the specification is fwm_recurrence_reference in
 // fwm_rl/recurrence.py). One batch row's F (d×d×d) stays in cache for all T steps; rows run in parallel.
 //
-// This file holds the checked entry points (`forward`, `backward`), the one C++ form of the recurrence inputs
+// This file holds the checked entry points (`forward`, `backward`; the chunked form's `scan_forward`,
+// `scan_backward`, `contract`, `rank1_sum`, `rank_one_grads`), the one C++ form of the recurrence inputs
 // (RecurrenceInputs, the twin of the Python NamedTuple of the same name) and the dispatch to the kernels of
-// fwm_kernel.h, which fwm_isa_avx512.cpp, fwm_isa_avx2.cpp and fwm_isa_baseline.cpp compile once per x86
-// instruction set through `#pragma GCC target` (so one build serves every CPU, and they compile in parallel). The instruction set follows torch's own CPU dispatch (torch.backends.cpu.get_cpu_capability(), which
+// fwm_kernel.h and fwm_rank_one.h, which fwm_isa_avx512.cpp, fwm_isa_avx2.cpp and fwm_isa_baseline.cpp compile once
+// per x86 instruction set through `#pragma GCC target` (so one build serves every CPU, and they compile in
+// parallel). The instruction set follows torch's own CPU dispatch (torch.backends.cpu.get_cpu_capability(), which
 // ATEN_CPU_CAPABILITY overrides), so a test under each capability runs that capability's kernel.
 #include <torch/extension.h>
 
@@ -77,11 +79,12 @@ std::string shape_str(at::IntArrayRef shape) {
 // dtype, device, contiguity, rank and every dimension of one argument, before any memory is touched.
 void check_tensor(const char* fn, const char* name, const Tensor& x, at::ScalarType dtype,
                   std::vector<int64_t> shape, const char* layout,
-                  const char* dims_from = "T, B, d from values, N_r from read_edges") {
+                  const char* dims_from = "T, B, d from values, N_r from read_edges",
+                  const char* dtype_from = "values") {
   TORCH_CHECK(x.defined(), fn, ": ", name, " is undefined");
   TORCH_CHECK(x.device().is_cpu(), fn, ": ", name, " must be a CPU tensor, got device ", x.device());
   TORCH_CHECK(x.scalar_type() == dtype, fn, ": ", name, " must have dtype ", dtype,
-              dtype == torch::kBool ? "" : " (that of values)", ", got ", x.scalar_type());
+              dtype == torch::kBool ? "" : std::string(" (that of ") + dtype_from + ")", ", got ", x.scalar_type());
   TORCH_CHECK(x.dim() == int64_t(shape.size()), fn, ": ", name, " must have rank ", shape.size(), " (", layout,
               "), got shape ", shape_str(x.sizes()));
   TORCH_CHECK(x.sizes() == at::IntArrayRef(shape), fn, ": ", name, " must have shape ", layout, " = ",
@@ -347,6 +350,107 @@ std::vector<Tensor> scan_backward(const Tensor& grad_updates, const Tensor& grad
   return grads;
 }
 
+// ----- Rank-1 products with F (fwm_rank_one.h): x, y [B, C, d] with F [B, d, d, d] and w, grad [B, C, d].
+using fwm::RankOne;
+
+// B, C, d from x; y checked against them.
+std::array<int64_t, 3> check_pairs(const char* fn, const Tensor& x, const Tensor& y) {
+  TORCH_CHECK(x.defined() && x.dim() == 3, fn, ": x must have rank 3 ([B, C, d])",
+              x.defined() ? ", got shape " + shape_str(x.sizes()) : std::string());
+  const auto dtype = x.scalar_type();
+  TORCH_CHECK(dtype == torch::kFloat32 || dtype == torch::kFloat64, fn, ": x must be float32 or float64, got ",
+              dtype);
+  const int64_t B = x.size(0), C = x.size(1), d = x.size(2);
+  TORCH_CHECK(d >= 1 && d <= kMaxDim, fn, ": d (x.shape[2]) must be in [1, ", kMaxDim, "], got ", d);
+  const char* from = "B, C, d from x";
+  check_tensor(fn, "x", x, dtype, {B, C, d}, "[B, C, d]", from, "x");
+  check_tensor(fn, "y", y, dtype, {B, C, d}, "[B, C, d]", from, "x");
+  return {B, C, d};
+}
+
+template <typename S>
+RankOne<S> pairs(const Tensor& x, const Tensor& y, int64_t C, int64_t d) {
+  return {x.data_ptr<S>(), y.data_ptr<S>(), C, d};
+}
+
+// Runs f(begin, end) over batch rows in parallel, about 2^20 multiply-adds per task.
+template <typename Fn>
+void over_rows(int64_t B, int64_t C, int64_t d, Fn&& f) {
+  at::parallel_for(0, B, std::max<int64_t>(1, (int64_t(1) << 20) / std::max<int64_t>(1, C * d * d * d)), f);
+}
+
+// out [B, C, d]: out_c = Σ_ab x_c,a y_c,b F_ab:.
+Tensor contract(const Tensor& fast_weights, const Tensor& x, const Tensor& y) {
+  const char* fn = "fwm_fused.contract";
+  const auto [B, C, d] = check_pairs(fn, x, y);
+  check_tensor(fn, "fast_weights", fast_weights, x.scalar_type(), {B, d, d, d}, "[B, d, d, d]", "B, d from x", "x");
+  auto out = torch::empty({B, C, d}, x.options());
+  py::gil_scoped_release no_gil;
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fwm_contract", [&] {
+    const auto in = pairs<scalar_t>(x, y, C, d);
+    const scalar_t* F = fast_weights.data_ptr<scalar_t>();
+    scalar_t* o = out.data_ptr<scalar_t>();
+    const Isa isa = instruction_set();
+    over_rows(B, C, d, [&](int64_t begin, int64_t end) {
+      switch (isa) {
+        case Isa::kAvx512: fwm::avx512::contract(in, F, o, begin, end); break;
+        case Isa::kAvx2: fwm::avx2::contract(in, F, o, begin, end); break;
+        default: fwm::baseline::contract(in, F, o, begin, end); break;
+      }
+    });
+  });
+  return out;
+}
+
+// F [B, d, d, d]: F_ab: = Σ_c x_c,a y_c,b w_c.
+Tensor rank1_sum(const Tensor& x, const Tensor& y, const Tensor& w) {
+  const char* fn = "fwm_fused.rank1_sum";
+  const auto [B, C, d] = check_pairs(fn, x, y);
+  check_tensor(fn, "w", w, x.scalar_type(), {B, C, d}, "[B, C, d]", "B, C, d from x", "x");
+  auto F = torch::empty({B, d, d, d}, x.options());
+  py::gil_scoped_release no_gil;
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fwm_rank1_sum", [&] {
+    const auto in = pairs<scalar_t>(x, y, C, d);
+    const scalar_t* wp = w.data_ptr<scalar_t>();
+    scalar_t* f = F.data_ptr<scalar_t>();
+    const Isa isa = instruction_set();
+    over_rows(B, C, d, [&](int64_t begin, int64_t end) {
+      switch (isa) {
+        case Isa::kAvx512: fwm::avx512::rank1_sum(in, wp, f, begin, end); break;
+        case Isa::kAvx2: fwm::avx2::rank1_sum(in, wp, f, begin, end); break;
+        default: fwm::baseline::rank1_sum(in, wp, f, begin, end); break;
+      }
+    });
+  });
+  return F;
+}
+
+// [gx, gy], each [B, C, d]: the gradients wrt x and y of Σ_c grad_c·⟨F, x_c ⊗ y_c⟩.
+std::vector<Tensor> rank_one_grads(const Tensor& fast_weights, const Tensor& x, const Tensor& y, const Tensor& grad) {
+  const char* fn = "fwm_fused.rank_one_grads";
+  const auto [B, C, d] = check_pairs(fn, x, y);
+  check_tensor(fn, "fast_weights", fast_weights, x.scalar_type(), {B, d, d, d}, "[B, d, d, d]", "B, d from x", "x");
+  check_tensor(fn, "grad", grad, x.scalar_type(), {B, C, d}, "[B, C, d]", "B, C, d from x", "x");
+  std::vector<Tensor> grads{torch::empty_like(x), torch::empty_like(y)};
+  py::gil_scoped_release no_gil;
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fwm_rank_one_grads", [&] {
+    const auto in = pairs<scalar_t>(x, y, C, d);
+    const scalar_t* F = fast_weights.data_ptr<scalar_t>();
+    const scalar_t* g = grad.data_ptr<scalar_t>();
+    scalar_t* gx = grads[0].data_ptr<scalar_t>();
+    scalar_t* gy = grads[1].data_ptr<scalar_t>();
+    const Isa isa = instruction_set();
+    over_rows(B, C, d, [&](int64_t begin, int64_t end) {
+      switch (isa) {
+        case Isa::kAvx512: fwm::avx512::rank_one_grads(in, F, g, gx, gy, begin, end); break;
+        case Isa::kAvx2: fwm::avx2::rank_one_grads(in, F, g, gx, gy, begin, end); break;
+        default: fwm::baseline::rank_one_grads(in, F, g, gx, gy, begin, end); break;
+      }
+    });
+  });
+  return grads;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -375,4 +479,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("grad_updates"), py::arg("grad_decays"), py::arg("grad_scales"), py::arg("key_gram"),
         py::arg("old_F0"), py::arg("norm0"), py::arg("write"), py::arg("values"), py::arg("starts"),
         py::arg("saved"));
+  m.def("contract", &contract, "Rank-1 contractions with F: (fast_weights, x, y) -> out_c = <F, x_c ⊗ y_c>",
+        py::arg("fast_weights"), py::arg("x"), py::arg("y"));
+  m.def("rank1_sum", &rank1_sum, "Sum of rank-1 terms: (x, y, w) -> F = Σ_c x_c ⊗ y_c ⊗ w_c", py::arg("x"),
+        py::arg("y"), py::arg("w"));
+  m.def("rank_one_grads", &rank_one_grads,
+        "Gradients of contract wrt x and y: (fast_weights, x, y, grad) -> [grad_x, grad_y]",
+        py::arg("fast_weights"), py::arg("x"), py::arg("y"), py::arg("grad"));
 }

@@ -1,4 +1,4 @@
-// The FWM kernels of fwm_kernel.h compiled for AVX512; fwm_fused.cpp picks them when torch's CPU capability is AVX512.
+// The FWM kernels of fwm_kernel.h and fwm_rank_one.h compiled for AVX512; fwm_fused.cpp picks them when torch's CPU capability is AVX512.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -12,3 +12,4 @@
 #define FWM_ISA avx512
 #define FWM_VEC_BYTES 64
 #include "fwm_kernel.h"
+#include "fwm_rank_one.h"

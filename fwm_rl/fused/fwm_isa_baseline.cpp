@@ -1,4 +1,4 @@
-// The FWM kernels of fwm_kernel.h compiled for the x86-64 baseline (SSE2); fwm_fused.cpp picks them when torch's CPU capability is DEFAULT.
+// The FWM kernels of fwm_kernel.h and fwm_rank_one.h compiled for the x86-64 baseline (SSE2); fwm_fused.cpp picks them when torch's CPU capability is DEFAULT.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -11,3 +11,4 @@
 #define FWM_ISA baseline
 #define FWM_VEC_BYTES 16
 #include "fwm_kernel.h"
+#include "fwm_rank_one.h"

@@ -40,6 +40,13 @@ struct Grads {
   S *keys_s, *keys_r, *values, *beta, *queries, *edges, *fast_weights;
 };
 
+// The pairs of a rank-1 product with F (fwm_rank_one.h): x, y [B, C, d], contiguous.
+template <typename S>
+struct RankOne {
+  const S *x, *y;
+  int64_t C, d;
+};
+
 // Each instruction set's kernel (fwm_isa_<name>.cpp) runs batch rows [begin, end) of one call.
 #define FWM_DECLARE_ISA(ns)                                                                                         \
   namespace ns {                                                                                                    \
@@ -51,6 +58,14 @@ struct Grads {
                 const Grads<float>& grads, int64_t begin, int64_t end);                                             \
   void backward(const Views<double>& in, const Saved<double>& saved, const double* g_reads, const double* g_final, \
                 const Grads<double>& grads, int64_t begin, int64_t end);                                            \
+  void contract(const RankOne<float>& in, const float* F, float* out, int64_t begin, int64_t end);                 \
+  void contract(const RankOne<double>& in, const double* F, double* out, int64_t begin, int64_t end);              \
+  void rank1_sum(const RankOne<float>& in, const float* w, float* F, int64_t begin, int64_t end);                  \
+  void rank1_sum(const RankOne<double>& in, const double* w, double* F, int64_t begin, int64_t end);               \
+  void rank_one_grads(const RankOne<float>& in, const float* F, const float* g, float* gx, float* gy,              \
+                      int64_t begin, int64_t end);                                                                  \
+  void rank_one_grads(const RankOne<double>& in, const double* F, const double* g, double* gx, double* gy,         \
+                      int64_t begin, int64_t end);                                                                  \
   }
 
 FWM_DECLARE_ISA(avx512)

@@ -185,6 +185,13 @@ def scan(key_gram: Tensor, old_F0: Tensor, norm0: Tensor, write: Tensor, values:
     return scan_reference(*inputs)
 
 
+def reads_F0(F0: Tensor, starts: Tensor) -> bool:
+    """Whether a chunk that starts from ``F0 [B, d, d, d]`` must contract it: some row carries it in (``starts [B]``,
+    the episode starts of its first step, is False there) and it is not a zero that needs no gradient (a fresh
+    ``initial_state``)."""
+    return bool((~starts).any()) and (F0.requires_grad or bool(F0.any()))
+
+
 def _chunk(ks: Tensor, kr: Tensor, values: Tensor, write: Tensor, queries: Tensor, edges: Tensor, F0: Tensor,
            starts: Tensor, read_steps: Optional[Tensor], eps: float) -> tuple[Tensor, Tensor]:
     """One chunk, batch-major: ``ks, kr, values, queries [B, C, d]``, ``write = λβ [B, C]``,
@@ -192,8 +199,7 @@ def _chunk(ks: Tensor, kr: Tensor, values: Tensor, write: Tensor, queries: Tenso
     to read (None: all). Returns the reads at ``read_steps`` ``[B, C', d]`` and F after the chunk."""
     B, C, d = values.shape
     key_gram = torch.bmm(ks, ks.transpose(1, 2)) * torch.bmm(kr, kr.transpose(1, 2))  # (B, C, C): K_t · K_j
-    # F₀ counts where some row carries it into the chunk, unless it is a constant zero (a fresh state)
-    use_F0 = bool((~starts[:, 0]).any()) and (F0.requires_grad or bool(F0.any()))
+    use_F0 = reads_F0(F0, starts[:, 0])
     if use_F0:
         old_F0, norm0 = contract(F0, ks, kr), F0.flatten(1).square().sum(1)  # ⟨F₀, K_t⟩, ‖F₀‖²
     else:

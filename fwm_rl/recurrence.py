@@ -9,9 +9,11 @@ replace the PyTorch reference here; the reference stays as their specification:
 * "fused": the C++ kernel of :mod:`fwm_rl.fused` (built by ``python -m fwm_rl.build_ext``), one pass over F per
   step; CPU only.
 
-"auto" takes "chunked" for sequences of ``CHUNKED_MIN_STEPS`` steps or more and off CPU, and "fused" for shorter
-ones on CPU (a rollout's single steps), where the kernel can run; otherwise the reference. ``FWM_RL_NO_FUSED=1``
-disables the extension (the chunked form then scans in PyTorch).
+"auto" takes "chunked" off CPU, and on CPU for sequences of ``CHUNKED_MIN_STEPS`` steps or more that start from a
+fresh F₀ (every row starts an episode at step 0, or F₀ is a zero that needs no gradient: a PPO minibatch of whole
+episodes) or of ``CHUNKED_MIN_STEPS_CARRIED`` steps or more that carry F₀ in (windows of a long stream); it takes
+"fused" for the rest (a rollout's single steps), where the kernel can run; otherwise the reference.
+``FWM_RL_NO_FUSED=1`` disables the extension (the chunked form then runs its PyTorch twins).
 
 The inputs travel as one :class:`RecurrenceInputs` (the C++ kernel has the same struct). Per step t and batch row
 b (F is d×d×d, F₀ given, LN is a LayerNorm over d with no affine parameters):
@@ -37,13 +39,15 @@ import torch
 import torch.nn.functional as nnf
 from torch import Tensor
 
-from fwm_rl.chunked import fwm_recurrence_chunked
+from fwm_rl.chunked import fwm_recurrence_chunked, reads_F0
 from fwm_rl.fused import fwm_recurrence_fused, load_extension, unsupported_reason
 
 LAYER_NORM_EPS = 1e-5
 IMPLEMENTATIONS = ("auto", "reference", "fused", "chunked")
-# "auto" takes the chunked form from this many steps on (CPU; measured in docs/results/fused.md, "Chunked form")
+# "auto" takes the chunked form on CPU from this many steps on, from a fresh F₀ and with F₀ carried in (measured in
+# docs/results/fused.md, "Rank-1 products in C++": carrying F₀ costs the chunked form its products with F₀)
 CHUNKED_MIN_STEPS = 8
+CHUNKED_MIN_STEPS_CARRIED = 64
 
 
 class RecurrenceInputs(NamedTuple):
@@ -137,6 +141,17 @@ def _warn_fallback(reason: str) -> None:
     warnings.warn(f"fwm_rl: fused FWM recurrence unavailable ({reason}); using the PyTorch reference", stacklevel=3)
 
 
+def _chunked_pays(inputs: RecurrenceInputs) -> bool:
+    """Whether "auto" takes the chunked form: off CPU, or from ``CHUNKED_MIN_STEPS`` steps on (from a fresh F₀) or
+    ``CHUNKED_MIN_STEPS_CARRIED`` (with F₀ carried in)."""
+    T = len(inputs.values)
+    if inputs.values.device.type != "cpu":
+        return True
+    if T < CHUNKED_MIN_STEPS:
+        return False
+    return T >= CHUNKED_MIN_STEPS_CARRIED or not reads_F0(inputs.fast_weights, inputs.episode_starts[0])
+
+
 def fwm_recurrence(inputs: RecurrenceInputs, write_scale: float, implementation: str = "auto",
                    read_mask: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
     """The FWM recurrence (same arguments and results as :func:`fwm_recurrence_reference`).
@@ -146,8 +161,9 @@ def fwm_recurrence(inputs: RecurrenceInputs, write_scale: float, implementation:
     :param implementation: "reference" (the PyTorch loop), "chunked" (batched products, any device and float
         dtype; inputs that are not all finite run the reference, whose resets clear them), "fused" (the C++ kernel:
         CPU, float32/float64, d ≤ ``MAX_DIM`` of the kernel; ``ValueError`` for other inputs, ``RuntimeError`` if the
-        kernel is unavailable) or "auto" (chunked for ``CHUNKED_MIN_STEPS`` steps or more or off CPU; else fused where
-        it can run, else the reference, with a one-time warning where only the kernel's absence prevents it)
+        kernel is unavailable) or "auto" (chunked off CPU and for long enough sequences, see the module docstring;
+        else fused where it can run, else the reference, with a one-time warning where only the kernel's absence
+        prevents it)
     """
     if implementation not in IMPLEMENTATIONS:
         raise ValueError(f"unknown FWM recurrence implementation {implementation!r}; expected one of {IMPLEMENTATIONS}")
@@ -155,8 +171,7 @@ def fwm_recurrence(inputs: RecurrenceInputs, write_scale: float, implementation:
     inputs.check_shapes()
     read_mask = check_read_mask(read_mask, inputs.values)
     dtypes = sorted({str(x.dtype) for x in inputs[:-1]})
-    if implementation == "auto" and len(dtypes) == 1 and (len(inputs.values) >= CHUNKED_MIN_STEPS
-                                                          or inputs.values.device.type != "cpu"):
+    if implementation == "auto" and len(dtypes) == 1 and _chunked_pays(inputs):
         implementation = "chunked"
     if implementation == "chunked":
         if len(dtypes) > 1:

@@ -255,7 +255,9 @@ def test_an_empty_sequence_reads_nothing_and_returns_F0():
     assert reads.shape == (0, 2, 4) and torch.equal(final, tensors[6])
 
 
-def test_auto_takes_the_chunked_form_from_CHUNKED_MIN_STEPS_on_and_the_fused_kernel_below(monkeypatch):
+def test_auto_takes_the_chunked_form_from_its_thresholds_on_and_the_fused_kernel_below(monkeypatch):
+    """From CHUNKED_MIN_STEPS steps on where F₀ enters no product (every row starts at step 0, or a zero F₀ without
+    grad), from CHUNKED_MIN_STEPS_CARRIED where a row carries a non-zero F₀ in; the fused kernel below."""
     from fwm_rl import recurrence
 
     taken = []
@@ -263,8 +265,15 @@ def test_auto_takes_the_chunked_form_from_CHUNKED_MIN_STEPS_on_and_the_fused_ker
                         lambda *args: taken.append("chunked") or chunked.fwm_recurrence_chunked(*args))
     monkeypatch.setattr(recurrence, "fwm_recurrence_fused",
                         lambda *args: taken.append("fused") or fused_function.fwm_recurrence_fused(*args))
-    for T in (recurrence.CHUNKED_MIN_STEPS - 1, recurrence.CHUNKED_MIN_STEPS):
-        tensors, starts = make_inputs(T=T, B=2, d=4, n_reads=1)
+    short = "fused" if load_extension().module is not None else "reference"
+    fresh, carried = recurrence.CHUNKED_MIN_STEPS, recurrence.CHUNKED_MIN_STEPS_CARRIED
+    cases = [(fresh - 1, "all start", short), (fresh, "all start", "chunked"), (fresh, "zero F0", "chunked"),
+             (fresh, "carried", short), (carried - 1, "carried", short), (carried, "carried", "chunked")]
+    for T, state, expected in cases:
+        tensors, starts = make_inputs(T=T, B=2, d=4, n_reads=1, f0_scale=0.5)
+        starts[0] = state == "all start"
+        if state == "zero F0":
+            tensors[6] = torch.zeros_like(tensors[6])
+        taken.clear()
         fwm_recurrence(RecurrenceInputs(*tensors, starts), 0.5)
-    expected_short = "fused" if load_extension().module is not None else None
-    assert taken == [x for x in (expected_short, "chunked") if x is not None]
+        assert taken == ([] if expected == "reference" else [expected]), (T, state)

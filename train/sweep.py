@@ -436,7 +436,7 @@ def _run_all(sweep: Sweep, jobs: int, progress_bar: bool) -> int:
     stopped = [name for name, outcome in outcomes.items() if outcome == INTERRUPTED]
     if stopped:
         print(f"sweep stopped with {len(stopped)} run(s) unfinished; continue with: fwm-rl sweep --resume "
-              f"{sweep.folder}", file=sys.stderr)
+              f"{sweep.folder} --jobs {jobs}", file=sys.stderr)
         return EXIT_INTERRUPTED
     if failed:
         raise UserError(f"{len(failed)} of {len(sweep.runs)} runs failed ({failed[0]}: {sweep.runs[failed[0]]['error']});"

@@ -10,7 +10,10 @@ Observation (float32, one layout per mode whatever the maze size):
 * ``obs="view"``: the (2 r + 1)^2 tiles around the agent, 1 for wall (off-grid counts as wall), row-major;
 * ``obs="position"``: the agent's (row, col) divided by (H - 1, W - 1) of its grid, in [0, 1] (a step's size in
   this encoding depends on the grid), or with ``position_scale=k`` divided by k (one step is 1/k in every maze, so
-  the encoding means the same at every size: for curricula and transfer across sizes);
+  the encoding means the same at every size: for curricula and transfer across sizes); with
+  ``position_features=k`` followed by sin and cos of the row and the column at wavelengths of 4, 8, ..., 2^(k+1)
+  tiles ([row sines, col sines, row cosines, col cosines], 4 k values in [-1, 1], the same meaning at every size:
+  features a memory can key on, as the Fourier features of NeRF);
 * ``obs="both"``: view then position;
 
 then always the previous action one-hot with a final "none" slot [5], the previous reward and steps / episode_steps.
@@ -52,6 +55,7 @@ DEFAULT_SIZE = 7
 MAX_SIZE = 25  # generating 256 mazes of 25 x 25 cells takes seconds; the cost grows as size^4
 MAX_VIEW_RADIUS = 10
 MAX_POSITION_SCALE = 1000
+MAX_POSITION_FEATURES = 8  # wavelengths up to 2^9 tiles, beyond the largest maze (2 MAX_SIZE + 1 tiles)
 GOAL_REWARD = 1.0
 _FAR = np.iinfo(np.int32).max  # distance of walls and unreachable tiles
 
@@ -79,8 +83,9 @@ class GridMazeDynamics(BatchedDynamics):
     def __init__(self, n_rows: int, size: int | None = None, loops: float | None = None, obs: str = "view",
                  split: str = "train", layout: str | None = None, layouts: str | list | None = None,
                  episode_steps: int | None = None, view_radius: int = 1, layout_order: str = "random",
-                 position_scale: int | None = None, curriculum: dict | list | SizeCurriculum | None = None,
-                 privileged_obs: bool = False, privileged_action: str = "oracle") -> None:
+                 position_scale: int | None = None, position_features: int = 0,
+                 curriculum: dict | list | SizeCurriculum | None = None, privileged_obs: bool = False,
+                 privileged_action: str = "oracle") -> None:
         check_choice("obs", obs, OBS_MODES)
         check_choice("privileged_action", privileged_action, PRIVILEGED_ACTIONS)
         if privileged_action != "oracle" and not privileged_obs:
@@ -90,6 +95,11 @@ class GridMazeDynamics(BatchedDynamics):
         self.view_radius = check_int("view_radius", view_radius, 1, MAX_VIEW_RADIUS)
         self.position_scale = (None if position_scale is None
                                else check_int("position_scale", position_scale, 1, MAX_POSITION_SCALE))
+        self.position_features = check_int("position_features", position_features, 0, MAX_POSITION_FEATURES)
+        if self.position_features and obs == "view":
+            raise ValueError(f"position_features={position_features} adds to the position: it needs obs='position' "
+                             f"or 'both', got obs='view'")
+        self._wavelengths = 2.0 ** np.arange(2, self.position_features + 2)  # [k] in tiles (2 would give sin 0)
         if layout is not None and layouts is not None:
             raise ValueError("pass layout= (one layout) or layouts= (several), not both")
         self.curriculum = None if curriculum is None else SizeCurriculum.from_option(curriculum)
@@ -154,10 +164,12 @@ class GridMazeDynamics(BatchedDynamics):
         self.pos = np.zeros(n_rows, dtype=np.int64)
         self._tile_rc = np.stack(np.divmod(np.arange(n_tiles), self.padded_width), axis=1) - p  # [N, 2] (row, col)
         self._view_size = 0 if obs == "position" else self._view.size
-        self._init_observation(self._view_size + (0 if obs == "view" else 2), 0.0, GOAL_REWARD)
+        self._init_observation(self._view_size + (0 if obs == "view" else 2 + 4 * self.position_features), 0.0,
+                               GOAL_REWARD)
+        v = self._view_size
         if obs != "view" and self.position_scale is not None:
-            v = self._view_size
             self.obs_high[v:v + 2] = (np.array([self.height, self.width]) - 1) / self.position_scale
+        self.obs_low[v + 2:v + 2 + 4 * self.position_features] = -1.0
         self.explorer = MemoryExplorer(self) if privileged_action == "explorer" else None
 
     # ------------------------------------------------------------------------------------------------ geometry
@@ -268,6 +280,11 @@ class GridMazeDynamics(BatchedDynamics):
         if self.obs_mode != "view":
             scale = self.dims - 1 if self.position_scale is None else self.position_scale
             np.divide(self.positions(), scale, out=obs[:, v:v + 2])
+        if self.position_features:
+            k2 = 2 * self.position_features
+            phase = (2 * np.pi) * self.positions()[:, :, None] / self._wavelengths  # [B, 2, k]
+            obs[:, v + 2:v + 2 + k2] = np.sin(phase).reshape(-1, k2)
+            obs[:, v + 2 + k2:v + 2 + 2 * k2] = np.cos(phase).reshape(-1, k2)
 
     def oracle_actions(self) -> np.ndarray:
         return np.argmin(self.dist[self.rows[:, None], self.pos[:, None] + self._moves], axis=1)
@@ -278,7 +295,7 @@ class GridMazeDynamics(BatchedDynamics):
 
 class GridMazeEnv(TaskEnv):
     """``FWM/GridMaze-v0`` (single env). Kwargs: size, loops, obs, split, layout, layouts, episode_steps,
-    view_radius, layout_order, position_scale, curriculum, privileged_obs (see
+    view_radius, layout_order, position_scale, position_features, curriculum, privileged_obs (see
     :class:`~fwm_rl.envs.dynamics.BatchedDynamics`), privileged_action (see the module docstring)."""
 
     env_id = ENV_ID

@@ -212,7 +212,7 @@ def test_bad_options_raise_one_line_value_errors_saying_what_is_allowed(env_id, 
 
 
 GRID_OPTIONS = ("size, loops, obs, split, layout, layouts, episode_steps, view_radius, layout_order, position_scale, "
-                "curriculum, privileged_obs, privileged_action")
+                "position_features, curriculum, privileged_obs, privileged_action")
 GRAPH_OPTIONS = "split, n_nodes, n_actions, episode_steps, layout_order, privileged_obs"
 
 

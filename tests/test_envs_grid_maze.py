@@ -182,6 +182,29 @@ def test_observation_layout_is_the_same_for_every_size():
     assert sizes == {"view": {(16,)}, "position": {(9,)}, "both": {(18,)}}
 
 
+@pytest.mark.parametrize("size", [3, 5])
+def test_position_features_are_sines_and_cosines_of_the_tile_at_wavelengths_4_to_2_pow_k_plus_1(size):
+    k = 3
+    venv = gym.make_vec("FWM/GridMaze-v0", num_envs=4, vectorization_mode="vector_entry_point", size=size,
+                        obs="both", position_scale=16, position_features=k)
+    assert venv.single_observation_space.shape == (18 + 4 * k,)
+    obs, info = venv.reset(seed=0)
+    for t in range(20):
+        pos = np.stack(info["agent_pos"]).astype(np.float64)  # [B, 2] (row, col) in tiles
+        expected = []
+        for fn in (np.sin, np.cos):
+            for axis in (0, 1):
+                expected += [fn(2 * np.pi * pos[:, axis] / wavelength) for wavelength in (4, 8, 16)]
+        np.testing.assert_allclose(obs[:, 11:11 + 4 * k], np.stack(expected, axis=1), atol=1e-6)
+        np.testing.assert_allclose(obs[:, 9:11], pos / 16, rtol=1e-6)  # the scaled position stays in front
+        assert venv.single_observation_space.contains(obs[0])
+        obs, _, _, _, info = venv.step(np.full(4, t % 4))
+    with pytest.raises(ValueError, match="needs obs='position' or 'both'"):
+        gym.make("FWM/GridMaze-v0", obs="view", position_features=2)
+    with pytest.raises(ValueError, match="position_features"):
+        gym.make("FWM/GridMaze-v0", obs="both", position_features=9)
+
+
 def test_ood_splits_fix_size_and_loops_and_val_test_cover_their_frozen_sets_sequentially():
     env = gym.make("FWM/GridMaze-v0", split="test_large", layout_order="sequential")
     assert env.unwrapped.dynamics.size == 11

@@ -137,6 +137,8 @@ def test_rerun_of_a_finished_sweep_runs_nothing_and_other_settings_are_refused(k
     code, _, err = cli(sweep_args(folder.parent, jobs=2), capsys)
     assert code == 0 and "4 runs, 4 done, 0 to run" in err
     assert [file_stamps(path) for path in runs_and_evaluations] == before and manifest(folder) == before_manifest
+    code, _, err = cli(["sweep", "--resume", str(folder), "--no-progress-bar"], capsys)
+    assert code == 0 and "2 at a time" in err and manifest(folder)["jobs"] == 2  # --jobs is remembered
     code, _, err = cli([*sweep_args(folder.parent, jobs=2), "--eval-splits", "test", "val"], capsys)
     assert code == 1 and err.count("\n") == 1 and "eval_splits" in err and "--resume" in err
 

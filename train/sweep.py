@@ -3,7 +3,8 @@ subprocess and then played once on the held-out test split by ``fwm-rl evaluate`
 
 A sweep folder RUNS_DIR/NAME holds::
 
-    sweep.json                 the manifest: the sweep's settings and each run's state (written atomically)
+    sweep.json                 the manifest: the sweep's settings, the --jobs it last ran with and each run's state
+                               (written atomically)
     <config>-seed<S>/          one run directory per config and seed (made by ``fwm-rl train``)
     evaluations/<run>/<split>.json   the final evaluation of each run (``fwm-rl evaluate --json-file``)
     logs/<run>.log             everything the run's subprocesses printed
@@ -12,8 +13,8 @@ A sweep folder RUNS_DIR/NAME holds::
 Runs go through the command line only (never through ``fwm_rl.train``'s internals), so a sweep trains exactly what
 ``fwm-rl train`` would (or ``fwm-rl supervised`` with ``--command supervised``: those runs test their best-on-val
 model themselves, so they get no final evaluation). Rerunning the same command, or ``fwm-rl sweep --resume FOLDER``, skips finished runs,
-continues killed, interrupted or failed ones with ``fwm-rl train --resume RUN_DIR`` and starts the rest; asking for
-more configs or seeds extends the grid. Ctrl-C asks every running run to save at its next update and exit.
+continues killed, interrupted or failed ones with ``fwm-rl train --resume RUN_DIR`` and starts the rest, as many at
+once as the last ``--jobs`` unless given again; asking for more configs or seeds extends the grid. Ctrl-C asks every running run to save at its next update and exit.
 """
 from __future__ import annotations
 
@@ -349,7 +350,7 @@ def sweep_settings(args: argparse.Namespace) -> dict[str, Any]:
 
 def run_sweep(args: argparse.Namespace) -> int:
     """Entry point of ``fwm-rl sweep``: set up or continue the sweep folder, run what is not done; exit status."""
-    if args.jobs < 1:
+    if args.jobs is not None and args.jobs < 1:
         raise UserError(f"--jobs must be >= 1, got {args.jobs}")
     if args.resume is not None:
         given = _given(args, "--command", "--config", "--seeds", "--set", *TRAIN_ONLY_OPTIONS)
@@ -376,9 +377,10 @@ def run_sweep(args: argparse.Namespace) -> int:
             manifest = {"format": MANIFEST_FORMAT, "settings": settings, "runs": {}}
         if args.resume is None:
             _merge_grid(manifest, args.config, args.seeds)
-        sweep = Sweep(folder, manifest, threads=max(1, _cores() // args.jobs))
+        manifest["jobs"] = jobs = args.jobs or manifest.get("jobs", 1)
+        sweep = Sweep(folder, manifest, threads=max(1, _cores() // jobs))
         write_json(folder / MANIFEST_FILE, manifest)
-        return _run_all(sweep, args.jobs, progress_bar=args.progress_bar)
+        return _run_all(sweep, jobs, progress_bar=args.progress_bar)
 
 
 def _cores() -> int:
@@ -436,7 +438,7 @@ def _run_all(sweep: Sweep, jobs: int, progress_bar: bool) -> int:
     stopped = [name for name, outcome in outcomes.items() if outcome == INTERRUPTED]
     if stopped:
         print(f"sweep stopped with {len(stopped)} run(s) unfinished; continue with: fwm-rl sweep --resume "
-              f"{sweep.folder} --jobs {jobs}", file=sys.stderr)
+              f"{sweep.folder}", file=sys.stderr)
         return EXIT_INTERRUPTED
     if failed:
         raise UserError(f"{len(failed)} of {len(sweep.runs)} runs failed ({failed[0]}: {sweep.runs[failed[0]]['error']});"
@@ -482,8 +484,8 @@ def add_parser(commands: Any, formatter_class: type = argparse.HelpFormatter) ->
     parser.add_argument("--seeds", type=int, help="seeds per config: 0, 1, ..., SEEDS-1")
     parser.add_argument("--time-budget", type=float, metavar="MINUTES", help="wall-clock minutes per run "
                                                                              "[default: the config's]")
-    parser.add_argument("--jobs", type=int, default=1, help="runs at once; each gets cores // JOBS torch and OpenMP "
-                                                            "threads [default: 1]")
+    parser.add_argument("--jobs", type=int, help="runs at once; each gets cores // JOBS torch and OpenMP threads "
+                                                 "[default: 1; with --resume, the sweep's last --jobs]")
     parser.add_argument("--runs-dir", type=Path, default=Path("runs"), help="parent folder [default: runs]")
     parser.add_argument("--name", default="sweep", help="sweep folder name: RUNS_DIR/NAME [default: sweep]")
     parser.add_argument("--resume", metavar="SWEEP_DIR", help="continue the sweep in SWEEP_DIR with its own settings")

@@ -147,6 +147,15 @@ Isa instruction_set() {
   return isa;
 }
 
+// Calls one kernel entry point, `call` = its name and arguments (e.g. forward(v, sv, r, f, begin, end)), in the
+// build for this machine's instruction set. instruction_set() is read at import, so this needs no GIL.
+#define FWM_RUN_KERNEL(call)                       \
+  switch (instruction_set()) {                     \
+    case Isa::kAvx512: fwm::avx512::call; break;   \
+    case Isa::kAvx2: fwm::avx2::call; break;       \
+    default: fwm::baseline::call; break;           \
+  }
+
 std::string instruction_set_name() {
   switch (instruction_set()) {
     case Isa::kAvx512: return "AVX512";
@@ -192,14 +201,8 @@ std::tuple<Tensor, Tensor, std::vector<Tensor>> forward(const py::handle& inputs
                         saved.norm.data_ptr<S>(), saved.z.data_ptr<S>()};
       S* r = reads.data_ptr<S>();
       S* f = final.data_ptr<S>();
-      const Isa isa = instruction_set();
-      at::parallel_for(0, B, rows_per_task(T, d), [&](int64_t begin, int64_t end) {
-        switch (isa) {
-          case Isa::kAvx512: fwm::avx512::forward(v, sv, r, f, begin, end); break;
-          case Isa::kAvx2: fwm::avx2::forward(v, sv, r, f, begin, end); break;
-          default: fwm::baseline::forward(v, sv, r, f, begin, end); break;
-        }
-      });
+      at::parallel_for(0, B, rows_per_task(T, d),
+                       [&](int64_t begin, int64_t end) { FWM_RUN_KERNEL(forward(v, sv, r, f, begin, end)); });
     });
   }
   return {reads, final, {saved.ckpt, saved.vhat, saved.norm, saved.z}};
@@ -242,14 +245,8 @@ std::vector<Tensor> backward(const Tensor& grad_reads, const Tensor& grad_final,
                        grads[6].data_ptr<S>()};
       const S* gr = grad_reads.data_ptr<S>();
       const S* gf = grad_final.data_ptr<S>();
-      const Isa isa = instruction_set();
-      at::parallel_for(0, B, rows_per_task(T, d), [&](int64_t begin, int64_t end) {
-        switch (isa) {
-          case Isa::kAvx512: fwm::avx512::backward(v, sv, gr, gf, g, begin, end); break;
-          case Isa::kAvx2: fwm::avx2::backward(v, sv, gr, gf, g, begin, end); break;
-          default: fwm::baseline::backward(v, sv, gr, gf, g, begin, end); break;
-        }
-      });
+      at::parallel_for(0, B, rows_per_task(T, d),
+                       [&](int64_t begin, int64_t end) { FWM_RUN_KERNEL(backward(v, sv, gr, gf, g, begin, end)); });
     });
   }
   return grads;
@@ -390,14 +387,7 @@ Tensor contract(const Tensor& fast_weights, const Tensor& x, const Tensor& y) {
     const auto in = pairs<scalar_t>(x, y, C, d);
     const scalar_t* F = fast_weights.data_ptr<scalar_t>();
     scalar_t* o = out.data_ptr<scalar_t>();
-    const Isa isa = instruction_set();
-    over_rows(B, C, d, [&](int64_t begin, int64_t end) {
-      switch (isa) {
-        case Isa::kAvx512: fwm::avx512::contract(in, F, o, begin, end); break;
-        case Isa::kAvx2: fwm::avx2::contract(in, F, o, begin, end); break;
-        default: fwm::baseline::contract(in, F, o, begin, end); break;
-      }
-    });
+    over_rows(B, C, d, [&](int64_t begin, int64_t end) { FWM_RUN_KERNEL(contract(in, F, o, begin, end)); });
   });
   return out;
 }
@@ -413,14 +403,7 @@ Tensor rank1_sum(const Tensor& x, const Tensor& y, const Tensor& w) {
     const auto in = pairs<scalar_t>(x, y, C, d);
     const scalar_t* wp = w.data_ptr<scalar_t>();
     scalar_t* f = F.data_ptr<scalar_t>();
-    const Isa isa = instruction_set();
-    over_rows(B, C, d, [&](int64_t begin, int64_t end) {
-      switch (isa) {
-        case Isa::kAvx512: fwm::avx512::rank1_sum(in, wp, f, begin, end); break;
-        case Isa::kAvx2: fwm::avx2::rank1_sum(in, wp, f, begin, end); break;
-        default: fwm::baseline::rank1_sum(in, wp, f, begin, end); break;
-      }
-    });
+    over_rows(B, C, d, [&](int64_t begin, int64_t end) { FWM_RUN_KERNEL(rank1_sum(in, wp, f, begin, end)); });
   });
   return F;
 }
@@ -439,14 +422,8 @@ std::vector<Tensor> rank_one_grads(const Tensor& fast_weights, const Tensor& x, 
     const scalar_t* g = grad.data_ptr<scalar_t>();
     scalar_t* gx = grads[0].data_ptr<scalar_t>();
     scalar_t* gy = grads[1].data_ptr<scalar_t>();
-    const Isa isa = instruction_set();
-    over_rows(B, C, d, [&](int64_t begin, int64_t end) {
-      switch (isa) {
-        case Isa::kAvx512: fwm::avx512::rank_one_grads(in, F, g, gx, gy, begin, end); break;
-        case Isa::kAvx2: fwm::avx2::rank_one_grads(in, F, g, gx, gy, begin, end); break;
-        default: fwm::baseline::rank_one_grads(in, F, g, gx, gy, begin, end); break;
-      }
-    });
+    over_rows(B, C, d,
+              [&](int64_t begin, int64_t end) { FWM_RUN_KERNEL(rank_one_grads(in, F, g, gx, gy, begin, end)); });
   });
   return grads;
 }

@@ -277,12 +277,14 @@ class GridMazeDynamics(BatchedDynamics):
         v = self._view_size
         if v:
             obs[:, :v] = self._walls_flat[(self._tile_start + self.pos)[:, None] + self._view]
-        if self.obs_mode != "view":
-            scale = self.dims - 1 if self.position_scale is None else self.position_scale
-            np.divide(self.positions(), scale, out=obs[:, v:v + 2])
+        if self.obs_mode == "view":
+            return
+        positions = self.positions()  # [B, 2] (row, col) in tiles
+        scale = self.dims - 1 if self.position_scale is None else self.position_scale
+        np.divide(positions, scale, out=obs[:, v:v + 2])
         if self.position_features:
             k2 = 2 * self.position_features
-            phase = (2 * np.pi) * self.positions()[:, :, None] / self._wavelengths  # [B, 2, k]
+            phase = (2 * np.pi) * positions[:, :, None] / self._wavelengths  # [B, 2, k]
             obs[:, v + 2:v + 2 + k2] = np.sin(phase).reshape(-1, k2)
             obs[:, v + 2 + k2:v + 2 + 2 * k2] = np.cos(phase).reshape(-1, k2)
 

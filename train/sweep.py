@@ -14,7 +14,8 @@ Runs go through the command line only (never through ``fwm_rl.train``'s internal
 ``fwm-rl train`` would (or ``fwm-rl supervised`` with ``--command supervised``: those runs test their best-on-val
 model themselves, so they get no final evaluation). Rerunning the same command, or ``fwm-rl sweep --resume FOLDER``, skips finished runs,
 continues killed, interrupted or failed ones with ``fwm-rl train --resume RUN_DIR`` and starts the rest, as many at
-once as the last ``--jobs`` unless given again; asking for more configs or seeds extends the grid. Ctrl-C asks every running run to save at its next update and exit.
+once as the last ``--jobs`` unless given again; asking for more configs or seeds extends the grid. Ctrl-C asks every
+running run to save at its next update and exit.
 """
 from __future__ import annotations
 
@@ -485,7 +486,7 @@ def add_parser(commands: Any, formatter_class: type = argparse.HelpFormatter) ->
     parser.add_argument("--time-budget", type=float, metavar="MINUTES", help="wall-clock minutes per run "
                                                                              "[default: the config's]")
     parser.add_argument("--jobs", type=int, help="runs at once; each gets cores // JOBS torch and OpenMP threads "
-                                                 "[default: 1; with --resume, the sweep's last --jobs]")
+                                                 "[default: the sweep folder's last --jobs, else 1]")
     parser.add_argument("--runs-dir", type=Path, default=Path("runs"), help="parent folder [default: runs]")
     parser.add_argument("--name", default="sweep", help="sweep folder name: RUNS_DIR/NAME [default: sweep]")
     parser.add_argument("--resume", metavar="SWEEP_DIR", help="continue the sweep in SWEEP_DIR with its own settings")
